@@ -1,0 +1,91 @@
+"""One training step, and everything it needs, shared by one-process training and every Ray worker."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tinyfold_ray.config import ModelConfig, TrainConfig
+from tinyfold_ray.data import SyntheticData
+from tinyfold_ray.device import fused_adamw_supported
+from tinyfold_ray.model import TinyFold, distance_loss, num_parameters
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Training:
+    """What the timed loop drives: the (possibly wrapped) model, its step and its data."""
+
+    model: nn.Module
+    step: Callable[[tuple], torch.Tensor]
+    data: SyntheticData
+    num_params: int
+    fused_optimizer: bool
+
+
+def build_training(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+) -> Training:
+    """Seed, data, model (optionally wrapped, e.g. in DDP), optimiser, compile: ready to step."""
+    if train_cfg.num_threads is not None:
+        torch.set_num_threads(train_cfg.num_threads)
+    # Same init on every rank (DDP also broadcasts rank 0's weights); data differ by rank.
+    torch.manual_seed(train_cfg.seed)
+    model = TinyFold(model_cfg).to(device)
+    num_params = num_parameters(model)
+    data = SyntheticData(model_cfg, train_cfg.batch_size, seed=train_cfg.seed, rank=rank, device=device)
+
+    if wrap_model is not None:
+        model = wrap_model(model)
+    fused = train_cfg.fused_optimizer
+    if fused is None:
+        fused = fused_adamw_supported(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay, fused=fused
+    )
+    forward = model if train_cfg.compile == "none" else torch.compile(model, mode=train_cfg.compile)
+    step = make_step(forward, optimizer, train_cfg.amp, device)
+    return Training(model=model, step=step, data=data, num_params=num_params, fused_optimizer=fused)
+
+
+def make_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, amp: str, device: torch.device
+) -> Callable[[tuple], torch.Tensor]:
+    """A function batch -> detached loss tensor that does forward, backward and the optimiser step.
+
+    It never reads a value back to the host: the loss stays on the device. With fp16 the gradient
+    scaler's inf check would sync each step, except with a fused optimiser, which takes the check itself.
+    """
+    if amp == "none":
+        autocast = contextlib.nullcontext
+    else:
+        dtype = AMP_DTYPES[amp]
+        autocast = lambda: torch.autocast(device_type=device.type, dtype=dtype)  # noqa: E731
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+    def step(batch: tuple) -> torch.Tensor:
+        msa_tokens, pair_features, target = batch
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            predicted = model(msa_tokens, pair_features)
+        loss = distance_loss(predicted, target)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        return loss.detach()
+
+    return step
