@@ -24,10 +24,10 @@ _FLOAT = pa.float64()
 _BOOL = pa.bool_()
 _TIME = pa.timestamp("us", tz="UTC")
 
-# Settings a study may sweep; the summary groups trials by every one of them except the worker count.
+# Settings a study may sweep; the summary groups trials by every one of them except the worker count
+# (and, by scaling mode, except the batch that changes with it).
 SETTING_COLUMNS: dict[str, pa.DataType] = {
     "scaling": _STR,
-    "backend": _STR,
     "batch_per_worker": _INT,
     "global_batch": _INT,
     "amp": _STR,
@@ -58,6 +58,7 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "num_nodes": _INT,  # distinct Ray node ids among the workers
     "workers_per_node": _INT,  # the most workers on one node
     **SETTING_COLUMNS,
+    "backend": _STR,  # cuda | rocm | cpu (a property of the machine, so not a group key)
     "comm_backend": _STR,  # nccl | rccl | gloo
     "device_name": _STR,
     "num_params": _INT,

@@ -7,7 +7,16 @@ import sys
 from pathlib import Path
 
 from tinyfold_ray.cli import ArgumentParser
-from tinyfold_ray.config import AMP_MODES, ATTENTION_KERNELS, COMPILE_MODES, DEVICES, ModelConfig, TrainConfig
+from tinyfold_ray.config import (
+    AMP_MODES,
+    ATTENTION_KERNELS,
+    COMPILE_MODES,
+    DEVICES,
+    PLACEMENT_STRATEGIES,
+    ModelConfig,
+    TrainConfig,
+    TrialSpec,
+)
 from tinyfold_ray.errors import ConfigError
 
 
@@ -38,6 +47,15 @@ def build_parser() -> ArgumentParser:
     t.add_argument("--fused-optimizer", choices=("auto", "on", "off"), default="auto", help="fused AdamW")
     t.add_argument("--threads", type=int, default=None, help="torch threads (CPU runs)")
     t.add_argument("--device", choices=DEVICES, default="auto", help="auto picks a GPU when torch sees one")
+
+    r = p.add_argument_group("Ray Train trial (with --workers)")
+    r.add_argument("--workers", type=int, default=None, help="run one Ray Train trial with N DDP workers")
+    r.add_argument("--output", default="results", help="results location (path or pyarrow URI)")
+    r.add_argument("--study", default="adhoc", help="study name: the folder under --output")
+    r.add_argument("--trial-id", default=None, help="trial name (default: derived from the settings)")
+    r.add_argument("--cpus-per-worker", type=float, default=1.0)
+    r.add_argument("--placement", choices=PLACEMENT_STRATEGIES, default="PACK")
+    r.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
     o = p.add_argument_group("output")
     o.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
@@ -84,10 +102,46 @@ def main(argv: list[str] | None = None) -> int:
 
         print(validate_setup(args.device))
         return 0
+    if args.workers is not None:
+        return run_ray_trial(args, model_cfg, train_cfg)
     run = train_single(model_cfg, train_cfg, args.device)
     print(format_summary(run))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(run, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def run_ray_trial(args, model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
+    from tinyfold_ray.ray_session import connect
+    from tinyfold_ray.results.provenance import git_commit
+    from tinyfold_ray.train.trial import run_trial
+
+    spec = TrialSpec(
+        study=args.study,
+        trial_id=args.trial_id or f"w{args.workers}-b{train_cfg.batch_size}-amp{train_cfg.amp}",
+        num_workers=args.workers,
+        device=args.device,
+        cpus_per_worker=args.cpus_per_worker,
+        placement_strategy=args.placement,
+        model=model_cfg,
+        train=train_cfg,
+    )
+    print(connect(spec.num_workers * spec.cpus_per_worker, verbose=args.verbose), file=sys.stderr)
+    outcome = run_trial(spec, args.output, git_commit=git_commit())
+    row = outcome.row
+    if not outcome.ok:
+        print(f"trial {spec.trial_id} failed: {row['error']}", file=sys.stderr)
+        print(f"wrote {outcome.path}", file=sys.stderr)
+        return 1
+    print(
+        f"trial {spec.trial_id}: {row['num_workers']} workers on {row['num_nodes']} node(s), "
+        f"{row['throughput_samples_per_sec']:.2f} samples/s (median step {row['step_time_median_s'] * 1e3:.1f} ms, "
+        f"p95 {row['step_time_p95_s'] * 1e3:.1f} ms), loss {row['first_loss']:.3f} -> {row['final_loss']:.3f}, "
+        f"fixed cost {row['overhead_s']:.1f} s"
+    )
+    print(f"wrote {outcome.path}", file=sys.stderr)
+    if args.json is not None:
+        args.json.write_text(json.dumps(row, indent=2, default=str) + "\n")
     return 0

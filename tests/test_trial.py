@@ -1,0 +1,150 @@
+"""One trial on Ray Train with CPU workers (gloo)."""
+
+import time
+
+import pandas as pd
+import pytest
+import ray
+import torch
+
+from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL
+from tinyfold_ray.config import DDPConfig, TrainConfig, TrialSpec
+from tinyfold_ray.results.schema import STEP_COLUMNS, TRIAL_COLUMNS
+from tinyfold_ray.train.trial import run_trial
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _ddp_probe(config):
+    """Each rank trains on its slice of shared batches; returns losses and flattened parameters."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from tinyfold_ray.data import make_batch
+    from tinyfold_ray.train.step import build_training
+    from tinyfold_ray.train.worker import ddp_wrapper
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    b, cpu = config["batch"], torch.device("cpu")
+    training = build_training(
+        config["model"], config["train"], cpu, rank=rank, wrap_model=ddp_wrapper(DDPConfig(), cpu)
+    )
+    generator = torch.Generator().manual_seed(123)
+    losses = []
+    for _ in range(3):
+        full = make_batch(config["model"], b * world, generator, cpu)
+        losses.append(float(training.step(tuple(t[rank * b : (rank + 1) * b] for t in full))))
+    params = torch.cat([p.detach().flatten() for p in training.model.parameters()])
+    everyone = [None] * world
+    dist.all_gather_object(everyone, {"losses": losses, "params": params.tolist()})
+    return everyone
+
+
+def _fit_probe(num_workers, batch):
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    train = TrainConfig(batch_size=batch, num_steps=1, warmup_steps=0, learning_rate=1e-2, num_threads=1)
+    trainer = TorchTrainer(
+        _ddp_probe,
+        train_loop_config={"model": SMALL_MODEL, "train": train, "batch": batch},
+        scaling_config=ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": 1}),
+    )
+    return trainer.fit().return_value
+
+
+def test_ddp_averages_gradients_like_one_worker_with_the_whole_batch():
+    from tinyfold_ray.data import make_batch
+    from tinyfold_ray.train.step import build_training
+
+    two = _fit_probe(num_workers=2, batch=2)
+    # Reference without Ray or DDP: one process, the whole batch of 4.
+    cpu = torch.device("cpu")
+    train = TrainConfig(batch_size=4, num_steps=1, warmup_steps=0, learning_rate=1e-2, num_threads=1)
+    single = build_training(SMALL_MODEL, train, cpu)
+    generator = torch.Generator().manual_seed(123)
+    single_losses = [float(single.step(make_batch(SMALL_MODEL, 4, generator, cpu))) for _ in range(3)]
+    single_params = torch.cat([p.detach().flatten() for p in single.model.parameters()])
+
+    # The global loss is the mean of the two ranks' losses over equal halves.
+    averaged = [(a + b) / 2 for a, b in zip(two[0]["losses"], two[1]["losses"])]
+    params = [torch.tensor(rank["params"]) for rank in two]
+    assert averaged == pytest.approx(single_losses, rel=1e-5)
+    torch.testing.assert_close(params[0], single_params, rtol=1e-4, atol=1e-6)
+    # And the parameters are identical on every rank after training.
+    assert torch.equal(params[0], params[1])
+    # The update really moved them (the comparison is not between two untouched inits).
+    torch.manual_seed(train.seed)
+    from tinyfold_ray.model import TinyFold
+
+    init = torch.cat([p.detach().flatten() for p in TinyFold(SMALL_MODEL).parameters()])
+    assert not torch.allclose(init, single_params)
+
+
+def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_path):
+    spec = TrialSpec(study="unit", trial_id="w2", num_workers=2, model=SMALL_MODEL, train=SHORT_TRAINING)
+    outcome = run_trial(spec, str(tmp_path), git_commit="abc123")
+    assert outcome.ok, outcome.row["error"]
+
+    trials = pd.read_parquet(tmp_path / "unit")
+    assert list(trials.columns) == list(TRIAL_COLUMNS)
+    row = trials.iloc[0]
+    assert (row.status, row.num_workers, row.num_nodes, row.workers_per_node) == ("ok", 2, 1, 2)
+    assert (row.backend, row.comm_backend, row.global_batch, row.num_gpus) == ("cpu", "gloo", 4, 0)
+    assert row.throughput_samples_per_sec == pytest.approx(4 / row.step_time_median_s)
+    assert row.git_commit == "abc123" and row.torch_version == torch.__version__
+    assert pd.isna(row.peak_memory_bytes)  # CPU: unknown, never 0
+    assert row.overhead_s > 0 and row.allreduce_time_s > 0
+    for col in ("num_workers", "steps", "repeat"):
+        assert trials[col].dtype == "int64"
+    for col in ("throughput_samples_per_sec", "step_time_p95_s", "final_loss"):
+        assert trials[col].dtype == "float64"
+
+    steps = pd.read_parquet(tmp_path / "unit" / "_steps")
+    assert list(steps.columns) == list(STEP_COLUMNS)
+    assert len(steps) == 2 * SHORT_TRAINING.num_steps
+    assert sorted(steps.world_rank.unique()) == [0, 1]
+    # The trial's median step is the median over steps of the slowest rank.
+    slowest = steps.groupby("step").step_time_s.max()
+    assert row.step_time_median_s == pytest.approx(slowest.median())
+
+
+def test_a_worker_that_raises_gives_a_failed_row_with_the_reason(tmp_path):
+    spec = TrialSpec(
+        study="unit", trial_id="boom", num_workers=2, model=SMALL_MODEL, train=SHORT_TRAINING, fail_on_rank=1
+    )
+    start = time.monotonic()
+    outcome = run_trial(spec, str(tmp_path))
+    assert time.monotonic() - start < 45
+    assert not outcome.ok
+    assert "injected failure on rank 1" in outcome.row["error"]
+    row = pd.read_parquet(tmp_path / "unit").iloc[0]
+    assert row.status == "failed" and "injected failure" in row.error
+    assert pd.isna(row.throughput_samples_per_sec)
+
+
+def test_an_impossible_resource_request_fails_at_once_with_the_reason(tmp_path):
+    start = time.monotonic()
+    too_many = TrialSpec(
+        study="unit", trial_id="huge", num_workers=64, model=SMALL_MODEL, train=SHORT_TRAINING
+    )
+    gpus = TrialSpec(study="unit", trial_id="gpu", num_workers=2, device="cuda", model=SMALL_MODEL)
+    first, second = run_trial(too_many, str(tmp_path)), run_trial(gpus, str(tmp_path))
+    assert time.monotonic() - start < 5
+    assert "64 workers" in first.row["error"] and "do not fit" in first.row["error"]
+    assert "GPU: 1" in second.row["error"]
+    assert set(pd.read_parquet(tmp_path / "unit").status) == {"failed"}
+
+
+def test_a_non_finite_loss_fails_the_trial(tmp_path):
+    wild = TrainConfig(batch_size=2, num_steps=10, warmup_steps=0, learning_rate=1e6)
+    spec = TrialSpec(study="unit", trial_id="nan", num_workers=1, model=SMALL_MODEL, train=wild)
+    outcome = run_trial(spec, str(tmp_path))
+    assert not outcome.ok and "loss became" in outcome.row["error"], outcome.row["error"]

@@ -1,0 +1,108 @@
+"""Read a study's Parquet results into pandas (no torch, no Ray).
+
+``pd.read_parquet(study_dir)`` works on its own; `load_results` adds what a plain read cannot do: read
+an output root holding several studies at once, fill columns that older schema versions lack with
+nulls (so the summary never meets a missing column), and say clearly when a path holds no results.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tinyfold_ray.errors import ConfigError
+from tinyfold_ray.results.schema import STEP_SCHEMA, STEPS_DIR, TRIAL_SCHEMA
+from tinyfold_ray.results.storage import resolve
+
+__all__ = ["load_results"]
+
+
+def load_results(path: str | os.PathLike, steps: bool = False) -> pd.DataFrame:
+    """Load the trials table (or, with ``steps=True``, the steps table) of one study or of several.
+
+    ``path`` is a study directory (``<output>/<study>/`` with ``<trial_id>.parquet`` files in it and
+    the steps in ``_steps/``) or an output root whose subdirectories are studies; a local path or a
+    pyarrow-filesystem URI. Columns follow `schema.TRIAL_SCHEMA` / `schema.STEP_SCHEMA`; a column that
+    an older schema version lacks is filled with nulls, columns the schema does not know are kept.
+    Raises `ConfigError` when the path does not exist or holds no results.
+    """
+    location = os.fspath(path)
+    fs, base = resolve(location)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        raise ConfigError(f"results path {location!r} does not exist")
+    if info.type != pafs.FileType.Directory:
+        raise ConfigError(f"results path {location!r} is not a directory (give a study directory)")
+
+    study_dirs = _study_dirs(fs, base)
+    if not study_dirs:
+        raise ConfigError(
+            f"no results in {location!r}: expected <trial_id>.parquet files (a study directory) "
+            "or study directories holding them"
+        )
+    if steps:
+        files = [f for d in study_dirs for f in _parquet_files(fs, posixpath.join(d, STEPS_DIR))]
+        if not files:
+            raise ConfigError(f"no step tables in {location!r}: expected {STEPS_DIR}/*.parquet")
+        sort_by = ["study", "trial_id", "world_rank", "step"]
+        schema = STEP_SCHEMA
+    else:
+        files = [f for d in study_dirs for f in _parquet_files(fs, d)]
+        sort_by = ["study", "num_workers", "repeat", "trial_id"]
+        schema = TRIAL_SCHEMA
+
+    table = pa.concat_tables([_read_conformed(fs, f, schema) for f in files], promote_options="permissive")
+    df = table.to_pandas()
+    return df.sort_values(sort_by, na_position="last", kind="stable", ignore_index=True)
+
+
+def _list_dir(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    except OSError as exc:
+        raise ConfigError(f"cannot list {path!r}: {exc}") from exc
+    # pyarrow (and pd.read_parquet) skip names starting with "_" or ".": _steps, _summary, temp files.
+    return sorted((i for i in infos if not i.base_name.startswith(("_", "."))), key=lambda i: i.path)
+
+
+def _parquet_files(fs: pafs.FileSystem, path: str) -> list[str]:
+    return [
+        i.path for i in _list_dir(fs, path) if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+    ]
+
+
+def _study_dirs(fs: pafs.FileSystem, base: str) -> list[str]:
+    """``base`` itself when it holds trial files, else its subdirectories that do."""
+    if _parquet_files(fs, base):
+        return [base]
+    subdirs = (i.path for i in _list_dir(fs, base) if i.type == pafs.FileType.Directory)
+    return [d for d in subdirs if _parquet_files(fs, d)]
+
+
+def _read_conformed(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table:
+    """Read one part file and bring it to ``schema``: missing columns as nulls, known columns cast."""
+    try:
+        table = pq.read_table(path, filesystem=fs)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ConfigError(f"cannot read result file {path!r}: {exc}") from exc
+    columns: list[pa.ChunkedArray | pa.Array] = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(field.name)
+        try:
+            columns.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ConfigError(
+                f"{path!r}: column {field.name!r} has type {column.type}, the schema says {field.type}"
+            ) from exc
+    # A pandas-written file may carry its index as a column; it is not data.
+    extra = [n for n in table.column_names if n not in schema.names and not n.startswith("__index_level_")]
+    columns.extend(table.column(name) for name in extra)
+    return pa.table(columns, names=[*schema.names, *extra])

@@ -1,0 +1,139 @@
+"""PNG figures of a `summarize` result: throughput, speedup against the ideal line, efficiency.
+
+matplotlib is optional (``pip install 'tinyfold-ray[plot]'``). The figures are drawn on matplotlib's
+object API with the Agg canvas, never pyplot, so plotting changes no global state of a notebook.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tinyfold_ray.errors import TinyFoldError
+from tinyfold_ray.results.summary import THROUGHPUT
+
+__all__ = ["render_plots", "require_matplotlib", "write_plots"]
+
+INSTALL_HINT = "pip install matplotlib (or pip install 'tinyfold-ray[plot]')"
+
+
+def require_matplotlib() -> None:
+    """Raise a one-line `TinyFoldError` saying how to install matplotlib when it is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise TinyFoldError(f"plotting needs matplotlib, which is not installed: {INSTALL_HINT}") from exc
+
+
+def render_plots(summary: pd.DataFrame) -> dict[str, bytes]:
+    """File name -> PNG bytes: throughput.png, speedup.png, efficiency.png, and efficiency_nodes.png
+    when the summary has inter-node efficiencies. One line per group."""
+    require_matplotlib()
+    figures = {
+        "throughput.png": _throughput(summary),
+        "speedup.png": _speedup(summary),
+        "efficiency.png": _efficiency(summary),
+    }
+    if summary["efficiency_inter_node"].notna().any():
+        figures["efficiency_nodes.png"] = _efficiency_nodes(summary)
+    return {name: _png(fig) for name, fig in figures.items()}
+
+
+def write_plots(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
+    """Write `render_plots` into a local directory; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in render_plots(summary).items():
+        (out / name).write_bytes(data)
+        paths.append(out / name)
+    return paths
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _axes(summary: pd.DataFrame, title: str, ylabel: str, xlabel: str = "workers") -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    studies = ", ".join(sorted(set(summary["study"].dropna().astype(str)) - {""}))
+    ax.set_title(f"{title}: {studies}" if studies else title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _worker_axis(ax: Any, xs: pd.Series) -> None:
+    """Log2 worker axis (ticks at the measured counts) when the counts span a factor of 4 or more."""
+    ticks = sorted({int(x) for x in xs.dropna() if x > 0})
+    if ticks and ticks[-1] / ticks[0] >= 4:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, labels=[str(t) for t in ticks])
+    ax.set_xticks([], minor=True)
+
+
+def _lines(
+    ax: Any, summary: pd.DataFrame, x: str, y: str, scale: float = 1.0, yerr: str | None = None
+) -> None:
+    """One line per group; noisy points get an open red ring."""
+    for label, g in summary.groupby("group", sort=False):
+        g = g[g[y].notna()].sort_values([x, "num_nodes"])
+        if g.empty:
+            continue
+        err = g[yerr].fillna(0) * scale if yerr else None
+        ax.errorbar(g[x], g[y] * scale, yerr=err, marker="o", capsize=3, label=str(label))
+    noisy = summary[summary["noisy"] & summary[y].notna()]
+    if not noisy.empty:
+        ax.scatter(
+            noisy[x], noisy[y] * scale, s=140, facecolors="none", edgecolors="red", label="noisy", zorder=3
+        )
+    ax.legend(fontsize="small")
+
+
+def _throughput(summary: pd.DataFrame) -> Any:
+    fig, ax = _axes(summary, "Throughput", "samples/s (mean ± std over repeats)")
+    _lines(ax, summary, "num_workers", f"{THROUGHPUT}_mean", yerr=f"{THROUGHPUT}_std")
+    ax.set_ylim(bottom=0)
+    _worker_axis(ax, summary["num_workers"])
+    return fig
+
+
+def _speedup(summary: pd.DataFrame) -> Any:
+    fig, ax = _axes(summary, "Speedup", "speedup over the baseline")
+    for i, (base, g) in enumerate(summary.dropna(subset=["baseline_workers"]).groupby("baseline_workers")):
+        xs = sorted({int(x) for x in g["num_workers"].dropna()})
+        ideal = [x / base for x in xs]
+        ax.plot(xs, ideal, linestyle="--", color="black", linewidth=1, label="ideal" if i == 0 else None)
+    _lines(ax, summary, "num_workers", "speedup")
+    _worker_axis(ax, summary["num_workers"])
+    return fig
+
+
+def _efficiency(summary: pd.DataFrame) -> Any:
+    fig, ax = _axes(summary, "Scaling efficiency", "efficiency (%)")
+    ax.axhline(100, linestyle="--", color="black", linewidth=1, label="ideal")
+    _lines(ax, summary, "num_workers", "efficiency", scale=100)
+    ax.set_ylim(0, max(110, ax.get_ylim()[1]))
+    _worker_axis(ax, summary["num_workers"])
+    return fig
+
+
+def _efficiency_nodes(summary: pd.DataFrame) -> Any:
+    fig, ax = _axes(summary, "Inter-node efficiency", "efficiency (%) at equal workers per node", "nodes")
+    ax.axhline(100, linestyle="--", color="black", linewidth=1, label="ideal")
+    rows = summary[summary["efficiency_inter_node"].notna()].copy()
+    rows["group"] = rows["group"].astype(str) + ", " + rows["workers_per_node"].astype(str) + "/node"
+    _lines(ax, rows, "num_nodes", "efficiency_inter_node", scale=100)
+    ax.set_ylim(0, max(110, ax.get_ylim()[1]))
+    _worker_axis(ax, rows["num_nodes"])
+    return fig

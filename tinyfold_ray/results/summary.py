@@ -1,0 +1,483 @@
+"""Speedup, efficiency and noise per scaling group, from the trials table (pure pandas: no torch, no Ray).
+
+A group is one study and one value of every swept setting (`schema.SETTING_COLUMNS`) except the worker
+count; for strong scaling the per-worker batch is not a group key (it shrinks as workers grow, the global
+batch is fixed), for weak scaling the global batch is not. Within a group the baseline is the smallest
+worker count, and (DESIGN.md, the same formula for weak and strong scaling)::
+
+    speedup    = mean throughput(N) / mean throughput(N_baseline)
+    efficiency = speedup / (N / N_baseline)
+
+Means, spreads and confidence intervals are over the repeats of a point, using each trial's
+`throughput_samples_per_sec` (global batch / median step time). Failed trials are counted, never
+averaged in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tinyfold_ray.errors import ConfigError
+from tinyfold_ray.results.schema import SETTING_COLUMNS
+
+__all__ = ["DEFAULT_CV_THRESHOLD", "format_markdown", "format_table", "summarize", "t_quantile_975"]
+
+DEFAULT_CV_THRESHOLD = 0.05
+"""A point whose coefficient of variation over repeats exceeds this (5 %) is flagged noisy."""
+
+THROUGHPUT = "throughput_samples_per_sec"
+
+# Two-sided 95 % Student t quantiles (0.975) for 1..30 degrees of freedom, used when scipy is missing.
+_T975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)  # fmt: skip
+
+
+def t_quantile_975(dof: int) -> float:
+    """The 0.975 quantile of Student's t with ``dof`` degrees of freedom; scipy if installed, else a table."""
+    assert dof >= 1, dof
+    try:
+        from scipy import stats
+    except ImportError:
+        return _T975[dof - 1] if dof <= len(_T975) else 1.96
+    return float(stats.t.ppf(0.975, dof))
+
+
+@dataclass
+class _Point:
+    """One row of the summary: the trials of one group at one worker count and placement."""
+
+    num_workers: Any
+    num_nodes: Any
+    workers_per_node: Any
+    first: pd.Series  # the first trial, for the setting values
+    mean: float = math.nan
+    n: int = 0
+    speedup: float = math.nan
+    efficiency: float = math.nan
+    efficiency_intra_node: float = math.nan
+    efficiency_inter_node: float = math.nan
+    baseline_workers: Any = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def summarize(
+    df: pd.DataFrame,
+    *,
+    cv_threshold: float = DEFAULT_CV_THRESHOLD,
+    fallback_baseline: bool = False,
+) -> pd.DataFrame:
+    """One row per (group, num_workers, num_nodes, workers_per_node) of a trials table.
+
+    Columns: study, group (a label of the settings that tell groups apart), the group's settings,
+    num_workers, num_gpus, num_nodes, workers_per_node, device_name, n (ok repeats), n_failed,
+    throughput_samples_per_sec_{mean,std,median,ci95} (ci95 is the half-width of the Student-t 95 %
+    interval over repeats), cv, speedup, efficiency, efficiency_intra_node and efficiency_inter_node
+    (only for groups spanning several node counts), baseline_workers, step_time_median_s and
+    step_time_p95_s (medians over repeats), allreduce_time_s (median over repeats, where recorded),
+    noisy (single repeat or cv above ``cv_threshold``) and note (why a point is noisy, failed, or has
+    no baseline; empty when there is nothing to say).
+
+    When a group's smallest worker count failed in every repeat, its speedup and efficiency are NA and
+    the note says so; with ``fallback_baseline`` the smallest worker count with an ok trial becomes
+    the baseline instead (also noted).
+    """
+    missing = [c for c in ("num_workers", THROUGHPUT) if c not in df.columns]
+    if missing:
+        raise ConfigError(f"cannot summarize: the trials table has no column {', '.join(missing)}")
+    if df.empty:
+        raise ConfigError("cannot summarize: the trials table is empty")
+    if not cv_threshold > 0:
+        raise ConfigError(f"cv_threshold={cv_threshold!r} is not allowed: must be a positive fraction")
+
+    work = df.copy()
+    if "study" not in work.columns:
+        work["study"] = ""
+    status_ok = work["status"].eq("ok") if "status" in work.columns else pd.Series(True, index=work.index)
+    work["_ok"] = status_ok.fillna(False).astype(bool) & work[THROUGHPUT].notna()
+    key_cols = ["study", *(c for c in SETTING_COLUMNS if c in work.columns)]
+    try:
+        work = work.sort_values([*key_cols, "num_workers"], na_position="last", kind="stable")
+    except TypeError:  # a hand-built frame with mixed types in a column: keep its order
+        pass
+    keys = _group_keys(work, key_cols)
+    group_ids, _ = pd.factorize(pd.Series(list(keys.itertuples(index=False, name=None)), dtype=object))
+
+    records = []
+    for gid in range(group_ids.max() + 1):
+        members = np.flatnonzero(group_ids == gid)
+        points = _points(work.iloc[members], cv_threshold)
+        _scaling_efficiency(points, fallback_baseline)
+        _node_efficiency(points, fallback_baseline)
+        key = keys.iloc[members[0]]
+        records.extend((key, p) for p in points)
+    labels = _group_labels([k for k, _ in records], key_cols)
+    out = pd.DataFrame(
+        [_row(key, p, key_cols, label) for (key, p), label in zip(records, labels, strict=True)]
+    )
+    return _typed(out, df, key_cols)
+
+
+def _group_keys(work: pd.DataFrame, key_cols: list[str]) -> pd.DataFrame:
+    """The group key of every trial: settings with NA as None, the scaling-dependent batch masked."""
+    keys = work[key_cols].astype(object)
+    keys = keys.where(work[key_cols].notna(), None)
+    if "scaling" in keys.columns:
+        if "batch_per_worker" in keys.columns:
+            keys.loc[keys["scaling"].eq("strong"), "batch_per_worker"] = None
+        if "global_batch" in keys.columns:
+            keys.loc[keys["scaling"].eq("weak"), "global_batch"] = None
+    return keys
+
+
+def _scalar(value: Any) -> Any:
+    """A plain Python value, None for NA (so tuples of keys compare and sort)."""
+    if value is None or (not isinstance(value, (list, tuple)) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _as_int(value: Any) -> int | None:
+    value = _scalar(value)
+    return None if value is None else int(value)
+
+
+def _mode(values: pd.Series) -> Any:
+    values = values.dropna()
+    return _scalar(values.mode().iloc[0]) if len(values) else None
+
+
+def _points(trials: pd.DataFrame, cv_threshold: float) -> list[_Point]:
+    """Split one group's trials into points and compute each point's statistics over ok repeats."""
+    trials = trials.copy()
+    ok = trials["_ok"]
+    # A trial that failed before its workers started has no placement: give it the placement the ok
+    # trials at the same worker count had, so it is counted at the right point.
+    for col in ("num_nodes", "workers_per_node"):
+        if col not in trials.columns:
+            trials[col] = None
+        for same in trials.groupby("num_workers", dropna=False).groups.values():
+            fill = _mode(trials.loc[same][ok.loc[same]][col])
+            if fill is not None:
+                trials.loc[same, col] = trials.loc[same, col].fillna(fill)
+    buckets: dict[tuple, list] = {}
+    placement = zip(trials["num_workers"], trials["num_nodes"], trials["workers_per_node"], strict=True)
+    for idx, key in zip(trials.index, placement, strict=True):
+        buckets.setdefault(tuple(_as_int(v) for v in key), []).append(idx)
+
+    points = []
+    for key in sorted(buckets, key=_none_last):
+        point_trials = trials.loc[buckets[key]]
+        good = point_trials[point_trials["_ok"]]
+        point = _Point(*key, first=point_trials.iloc[0])
+        _point_stats(point, good, point_trials, cv_threshold)
+        points.append(point)
+    return points
+
+
+def _none_last(key: tuple) -> tuple:
+    return tuple((v is None, 0 if v is None else v) for v in key)
+
+
+def _median(frame: pd.DataFrame, col: str) -> float:
+    return float(frame[col].median()) if col in frame.columns and frame[col].notna().any() else math.nan
+
+
+def _point_stats(point: _Point, good: pd.DataFrame, all_trials: pd.DataFrame, cv_threshold: float) -> None:
+    thr = good[THROUGHPUT].to_numpy(dtype=float)
+    n, n_failed = len(thr), len(all_trials) - len(thr)
+    mean = float(thr.mean()) if n else math.nan
+    std = float(thr.std(ddof=1)) if n >= 2 else math.nan
+    cv = std / mean if n >= 2 and mean > 0 else math.nan
+    point.mean, point.n = mean, n
+    devices = good["device_name"].dropna().unique() if "device_name" in good.columns else []
+    gpus = all_trials["num_gpus"].dropna() if "num_gpus" in all_trials.columns else pd.Series([], dtype=float)
+    point.stats = {
+        "num_gpus": _scalar(gpus.max()) if len(gpus) else None,
+        "device_name": ", ".join(sorted(str(d) for d in devices)),
+        "n": n,
+        "n_failed": n_failed,
+        f"{THROUGHPUT}_mean": mean,
+        f"{THROUGHPUT}_std": std,
+        f"{THROUGHPUT}_median": float(np.median(thr)) if n else math.nan,
+        f"{THROUGHPUT}_ci95": t_quantile_975(n - 1) * std / math.sqrt(n) if n >= 2 else math.nan,
+        "cv": cv,
+        "step_time_median_s": _median(good, "step_time_median_s"),
+        "step_time_p95_s": _median(good, "step_time_p95_s"),
+        # Hook for a predicted efficiency (compute time vs all-reduce time); not modelled yet.
+        "allreduce_time_s": _median(good, "allreduce_time_s"),
+        "noisy": n == 1 or (n >= 2 and cv > cv_threshold),
+    }
+    if n == 0:
+        errors = all_trials["error"].dropna() if "error" in all_trials.columns else []
+        reason = f": {_one_line(errors.iloc[0])}" if len(errors) else ""
+        point.notes.append(f"all {n_failed} failed{reason}" if n_failed > 1 else f"failed{reason}")
+    elif n_failed:
+        point.notes.append(f"{n_failed} of {n + n_failed} failed")
+    if n == 1:
+        point.notes.append("single repeat")
+    elif n >= 2 and cv > cv_threshold:
+        point.notes.append(f"cv {cv * 100:.1f}%")
+
+
+def _one_line(text: Any, limit: int = 80) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _pick_baseline(
+    candidates: list[_Point], order: Callable[[_Point], tuple], fallback: bool, what: str
+) -> tuple[_Point | None, str | None]:
+    """The first candidate in ``order``; if it has no ok trial, a note, and with ``fallback`` the first
+    candidate that has one."""
+    candidates = sorted((p for p in candidates if p.num_workers is not None), key=order)
+    if not candidates:
+        return None, None
+    first = candidates[0]
+    if first.n > 0:
+        return first, None
+    failed = f"N={first.num_workers} failed in all repeats"
+    if fallback:
+        for point in candidates:
+            if point.n > 0:
+                return point, f"{what} N={point.num_workers} ({failed})"
+    return None, f"no {what}: {failed}"
+
+
+def _scaling_efficiency(points: list[_Point], fallback: bool) -> None:
+    order = lambda p: _none_last((p.num_workers, p.num_nodes))
+    base, note = _pick_baseline(points, order, fallback, "baseline")
+    for point in points:
+        if note and point.n > 0:
+            point.notes.append(note)
+        if base is None or point.num_workers is None:
+            continue
+        point.baseline_workers = base.num_workers
+        point.speedup = point.mean / base.mean
+        point.efficiency = point.speedup / (point.num_workers / base.num_workers)
+
+
+def _node_efficiency(points: list[_Point], fallback: bool) -> None:
+    """Intra-node efficiency among the single-node points, inter-node efficiency at equal workers per node.
+
+    inter-node efficiency = throughput(N nodes) / (throughput(fewest nodes) * W / W_fewest) at the same
+    workers_per_node, W being the worker count (= nodes * workers_per_node when every node is full).
+    """
+    if len({p.num_nodes for p in points if p.num_nodes is not None}) < 2:
+        return
+    single = [p for p in points if p.num_nodes == 1]
+    base, note = _pick_baseline(single, lambda p: (p.num_workers,), fallback, "intra-node baseline")
+    for point in single:
+        if note and point.n > 0:
+            point.notes.append(note)
+        if base is not None:
+            point.efficiency_intra_node = (point.mean / base.mean) / (point.num_workers / base.num_workers)
+
+    per_node_counts = {p.workers_per_node for p in points if p.workers_per_node is not None}
+    for wpn in sorted(per_node_counts):
+        same = [p for p in points if p.workers_per_node == wpn and p.num_nodes is not None]
+        if len({p.num_nodes for p in same}) < 2:
+            continue  # nothing to compare across nodes at this many workers per node
+        order = lambda p: (p.num_nodes, p.num_workers)
+        base, note = _pick_baseline(same, order, fallback, f"inter-node baseline at {wpn}/node")
+        for point in same:
+            if note and point.n > 0:
+                point.notes.append(note)
+            if base is not None and point.num_workers is not None:
+                ideal = base.mean * point.num_workers / base.num_workers
+                point.efficiency_inter_node = point.mean / ideal
+
+
+def _group_labels(keys: list[pd.Series], key_cols: list[str]) -> list[str]:
+    """A short label per group: the settings whose values differ between groups (else the study)."""
+    frame = pd.DataFrame([k.tolist() for k in keys], columns=key_cols, dtype=object)  # None stays None
+    varying = [c for c in key_cols if frame[c].dropna().astype(str).nunique() > 1]
+    labels = []
+    for _, key in frame.iterrows():
+        parts = [f"{c}={fmt_setting(key[c])}" for c in varying if key[c] is not None]
+        labels.append(", ".join(parts) or str(key["study"] or "all"))
+    return labels
+
+
+def fmt_setting(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _row(key: pd.Series, point: _Point, key_cols: list[str], label: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"study": key["study"], "group": label}
+    for col in key_cols[1:]:
+        row[col] = _scalar(point.first[col])  # the masked batch column varies per point: its own value
+    row.update(
+        num_workers=point.num_workers,
+        num_nodes=point.num_nodes,
+        workers_per_node=point.workers_per_node,
+        **point.stats,
+        speedup=point.speedup,
+        efficiency=point.efficiency,
+        efficiency_intra_node=point.efficiency_intra_node,
+        efficiency_inter_node=point.efficiency_inter_node,
+        baseline_workers=point.baseline_workers,
+        note="; ".join(point.notes),
+    )
+    return row
+
+
+_COLUMN_ORDER = [
+    "num_workers",
+    "num_gpus",
+    "num_nodes",
+    "workers_per_node",
+    "device_name",
+    "n",
+    "n_failed",
+    f"{THROUGHPUT}_mean",
+    f"{THROUGHPUT}_std",
+    f"{THROUGHPUT}_median",
+    f"{THROUGHPUT}_ci95",
+    "cv",
+    "speedup",
+    "efficiency",
+    "efficiency_intra_node",
+    "efficiency_inter_node",
+    "baseline_workers",
+    "step_time_median_s",
+    "step_time_p95_s",
+    "allreduce_time_s",
+    "noisy",
+    "note",
+]
+_INT_COLUMNS = (
+    "num_workers",
+    "num_gpus",
+    "num_nodes",
+    "workers_per_node",
+    "n",
+    "n_failed",
+    "baseline_workers",
+)
+
+
+def _typed(out: pd.DataFrame, trials: pd.DataFrame, key_cols: list[str]) -> pd.DataFrame:
+    out = out[["study", "group", *key_cols[1:], *_COLUMN_ORDER]]
+    for col in _INT_COLUMNS:
+        out[col] = pd.array(out[col].tolist(), dtype="Int64")
+    out["noisy"] = out["noisy"].astype(bool)
+    for col in key_cols:
+        if col in trials.columns:
+            try:
+                out[col] = out[col].astype(trials[col].dtype)
+            except (TypeError, ValueError):  # NA in an integer column: keep the object column
+                pass
+    return out.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def fmt_number(x: Any, like: Any = None) -> str:
+    """A throughput-like number with decimals fitting its size (or the size of ``like``, e.g. a mean)."""
+    if x is None or pd.isna(x):
+        return "-"
+    size = abs(float(x if like is None or pd.isna(like) else like))
+    decimals = 1 if size >= 100 else 2 if size >= 1 else 3 if size >= 0.1 else 4
+    return f"{float(x):.{decimals}f}"
+
+
+def fmt_ratio(x: Any) -> str:
+    return "-" if x is None or pd.isna(x) else f"{float(x):.2f}x"
+
+
+def fmt_percent(x: Any) -> str:
+    return "-" if x is None or pd.isna(x) else f"{float(x) * 100:.1f} %"
+
+
+def fmt_int(x: Any) -> str:
+    return "-" if x is None or pd.isna(x) else str(int(x))
+
+
+def _group_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per group: a title, the headers and the cells of the familiar speedup/efficiency table."""
+    groups = summary.groupby("group", sort=False) if "group" in summary.columns else [("all", summary)]
+    multi_node = "num_nodes" in summary.columns and bool((summary["num_nodes"].fillna(1) > 1).any())
+    node_eff = "efficiency_inter_node" in summary.columns and summary["efficiency_inter_node"].notna().any()
+    tables = []
+    for label, g in groups:
+        headers = ["workers", "GPUs"]
+        headers += ["nodes", "per node"] if multi_node else []
+        headers += ["throughput (samples/s)", "n", "speedup", "efficiency"]
+        headers += ["intra-node eff", "inter-node eff"] if node_eff else []
+        headers += ["note"]
+        cells = []
+        for _, r in g.iterrows():
+            mean, std = r.get(f"{THROUGHPUT}_mean"), r.get(f"{THROUGHPUT}_std")
+            thr = fmt_number(mean)
+            if not pd.isna(mean) and not pd.isna(std):
+                thr += f" ± {fmt_number(std, like=mean)}"
+            row = [fmt_int(r.get("num_workers")), fmt_int(r.get("num_gpus"))]
+            row += [fmt_int(r.get("num_nodes")), fmt_int(r.get("workers_per_node"))] if multi_node else []
+            row += [thr, fmt_int(r.get("n")), fmt_ratio(r.get("speedup")), fmt_percent(r.get("efficiency"))]
+            if node_eff:
+                row += [
+                    fmt_percent(r.get("efficiency_intra_node")),
+                    fmt_percent(r.get("efficiency_inter_node")),
+                ]
+            row.append(str(r.get("note") or ""))
+            cells.append(row)
+        tables.append((_group_title(str(label), g), headers, cells))
+    return tables
+
+
+def _group_title(label: str, g: pd.DataFrame) -> str:
+    details = []
+    scaling = g["scaling"].dropna().unique() if "scaling" in g.columns else []
+    if len(scaling) == 1:
+        details.append(f"{scaling[0]} scaling")
+    base = g["baseline_workers"].dropna().unique() if "baseline_workers" in g.columns else []
+    if len(base) == 1:
+        details.append(f"baseline {int(base[0])} worker{'s' if base[0] != 1 else ''}")
+    return f"{label} ({', '.join(details)})" if details else label
+
+
+def render_text(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain aligned text table: numbers right-aligned, the last (note) column left-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) for c, w in zip(cells[:-1], widths[:-1], strict=True)] + [cells[-1]]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def render_markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---:"] * (len(headers) - 1) + [":---"]
+    return "\n".join([line(headers), "|" + "|".join(align) + "|", *(line(r) for r in rows)])
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    """The short per-group speedup/efficiency table of a `summarize` result, as plain text."""
+    blocks = [f"{title}\n{render_text(h, rows)}" for title, h, rows in _group_tables(summary)]
+    return "\n\n".join(blocks)
+
+
+def format_markdown(summary: pd.DataFrame, title: str = "Scaling summary") -> str:
+    """The per-group tables of a `summarize` result as a Markdown document."""
+    blocks = [f"# {title}"]
+    blocks += [f"## {t}\n\n{render_markdown(h, rows)}" for t, h, rows in _group_tables(summary)]
+    return "\n\n".join(blocks) + "\n"

@@ -1,0 +1,139 @@
+"""`python -m tinyfold_ray.summary RESULTS [--plot] [--compare A B]`: scaling tables from Parquet results.
+
+Prints the speedup/efficiency table of every group and writes summary.parquet, summary.csv and
+summary.md (and with --plot the PNG figures) into RESULTS/_summary/. With --compare A B it puts two
+studies side by side and writes compare.csv and compare.md into B's _summary/. Pure pandas: no torch,
+no Ray, so it runs on a laptop with the results copied over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import posixpath
+import sys
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tinyfold_ray.errors import TinyFoldError
+from tinyfold_ray.results.compare import compare, format_compare, format_compare_markdown
+from tinyfold_ray.results.loader import load_results
+from tinyfold_ray.results.schema import SUMMARY_DIR
+from tinyfold_ray.results.storage import join, resolve
+from tinyfold_ray.results.summary import DEFAULT_CV_THRESHOLD, format_markdown, format_table, summarize
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tinyfold_ray.summary",
+        description="Speedup and efficiency tables (and plots, comparisons) from tinyfold-ray results.",
+    )
+    parser.add_argument(
+        "results", nargs="?", help="a study directory (<output>/<study>) or an output root; path or URI"
+    )
+    parser.add_argument("--plot", action="store_true", help="also write PNG figures (needs matplotlib)")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"), help="put two studies side by side; ratios are B / A"
+    )
+    parser.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="SETTING",
+        help="with --compare: a setting that may differ between A and B (repeatable)",
+    )
+    parser.add_argument("--out", help=f"write the files here instead of RESULTS/{SUMMARY_DIR} (or B's)")
+    parser.add_argument(
+        "--cv-threshold",
+        type=float,
+        default=DEFAULT_CV_THRESHOLD,
+        help="flag a point as noisy above this coefficient of variation over repeats (default %(default)s)",
+    )
+    parser.add_argument(
+        "--fallback-baseline",
+        action="store_true",
+        help="when a group's smallest worker count failed in every repeat, use the smallest that ran",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.results is None and args.compare is None:
+        parser.error("give a RESULTS directory, or --compare A B")
+    if args.plot and args.results is None:
+        parser.error("--plot needs a RESULTS directory")
+    try:
+        if args.plot:
+            from tinyfold_ray.results.plots import require_matplotlib
+
+            require_matplotlib()  # before any work, so a missing extra costs nothing
+        if args.results is not None:
+            _summary(args)
+        if args.compare is not None:
+            _compare(args)
+    except (TinyFoldError, OSError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _summarize(path: str, args: argparse.Namespace) -> pd.DataFrame:
+    return summarize(
+        load_results(path), cv_threshold=args.cv_threshold, fallback_baseline=args.fallback_baseline
+    )
+
+
+def _summary(args: argparse.Namespace) -> None:
+    summary = _summarize(args.results, args)
+    print(format_table(summary))
+    out = args.out or join(args.results, SUMMARY_DIR)
+    files = {
+        "summary.parquet": _parquet_bytes(summary),
+        "summary.csv": summary.to_csv(index=False).encode(),
+        "summary.md": format_markdown(summary).encode(),
+    }
+    if args.plot:
+        from tinyfold_ray.results.plots import render_plots
+
+        files.update(render_plots(summary))
+    _write_files(out, files)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    a_path, b_path = args.compare
+    cmp = compare(_summarize(a_path, args), _summarize(b_path, args), ignore=args.ignore)
+    print(format_compare(cmp))
+    out = args.out or join(b_path, SUMMARY_DIR)
+    _write_files(
+        out,
+        {
+            "compare.csv": cmp.to_csv(index=False).encode(),
+            "compare.md": format_compare_markdown(cmp).encode(),
+        },
+    )
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    return sink.getvalue()
+
+
+def _write_files(out: str, files: dict[str, bytes]) -> None:
+    """Write each file to a temporary name, then rename it into place (local path or URI)."""
+    fs, directory = resolve(out)
+    fs.create_dir(directory, recursive=True)
+    for name, data in files.items():
+        tmp = posixpath.join(directory, f".{name}.tmp")
+        with fs.open_output_stream(tmp) as stream:
+            stream.write(data)
+        fs.move(tmp, posixpath.join(directory, name))
+    print(f"wrote {', '.join(files)} to {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

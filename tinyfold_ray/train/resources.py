@@ -1,0 +1,68 @@
+"""Will a trial's worker group fit the cluster? Checked up front, because Ray Train V2 waits forever
+for a placement that can never happen."""
+
+from __future__ import annotations
+
+import math
+
+from tinyfold_ray.config import TrialSpec
+
+
+def wants_gpu(spec: TrialSpec, cluster_gpus: float) -> bool:
+    if spec.device == "auto":
+        return cluster_gpus > 0
+    return spec.device in ("cuda", "rocm")
+
+
+def worker_bundle(spec: TrialSpec, use_gpu: bool) -> dict[str, float]:
+    """The Ray resources one worker reserves."""
+    bundle = {"CPU": spec.cpus_per_worker, **spec.resources_per_worker}
+    if use_gpu:
+        bundle["GPU"] = 1.0
+    return bundle
+
+
+def _fits_on(node: dict[str, float], bundle: dict[str, float]) -> int:
+    """How many bundles one node can hold."""
+    counts = [
+        math.floor(node.get(name, 0.0) / amount + 1e-9) for name, amount in bundle.items() if amount > 0
+    ]
+    return min(counts) if counts else 0
+
+
+def why_it_cannot_fit(
+    bundle: dict[str, float], num_workers: int, strategy: str, nodes: list[dict[str, float]]
+) -> str | None:
+    """None if `num_workers` bundles can be placed on `nodes` (their total resources) under `strategy`,
+    else a one-line reason naming what is missing."""
+    per_node = [_fits_on(node, bundle) for node in nodes]
+    wanted = ", ".join(f"{k}: {v:g}" for k, v in bundle.items())
+    totals = {name: sum(node.get(name, 0.0) for node in nodes) for name in bundle}
+    have = ", ".join(f"{k}: {v:g}" for k, v in totals.items())
+    if strategy == "STRICT_PACK":
+        if max(per_node, default=0) >= num_workers:
+            return None
+        return (
+            f"{num_workers} workers x {{{wanted}}} must share one node (STRICT_PACK), "
+            f"but no node holds more than {max(per_node, default=0)}"
+        )
+    if strategy == "STRICT_SPREAD":
+        if sum(1 for n in per_node if n >= 1) >= num_workers:
+            return None
+        return (
+            f"{num_workers} workers x {{{wanted}}} need {num_workers} distinct nodes (STRICT_SPREAD), "
+            f"but only {sum(1 for n in per_node if n >= 1)} nodes can hold one"
+        )
+    if sum(per_node) >= num_workers:
+        return None
+    return (
+        f"{num_workers} workers x {{{wanted}}} do not fit this cluster "
+        f"({len(nodes)} nodes with {{{have}}} in all; {sum(per_node)} such workers fit)"
+    )
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """Total resources of every alive node of the connected Ray cluster."""
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]

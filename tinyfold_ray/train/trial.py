@@ -1,0 +1,241 @@
+"""Run one trial on Ray Train and write its Parquet: a trial row and its per-(rank, step) rows.
+
+Failure is data: an infeasible request, a worker that raises, an out-of-memory or a non-finite loss
+ends as a row with status 'failed' and the reason, never as a crash of the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from tinyfold_ray.config import TrialSpec
+from tinyfold_ray.results.writer import write_trial
+from tinyfold_ray.train.resources import alive_nodes, wants_gpu, why_it_cannot_fit, worker_bundle
+from tinyfold_ray.train.timing import step_stats
+
+# The Train controller polls its workers on this interval; Ray's 2 s default adds seconds to every trial.
+HEALTH_CHECK_INTERVAL_S = "0.2"
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)):\s*(.+)$")
+
+
+@dataclass
+class TrialOutcome:
+    row: dict[str, Any]
+    step_rows: list[dict[str, Any]]
+    path: str | None = None
+    phases_s: dict[str, float] = field(default_factory=dict)
+    """Where the trial's wall time went: start-up, build, warm-up, measured, teardown."""
+
+    @property
+    def ok(self) -> bool:
+        return self.row["status"] == "ok"
+
+
+def run_trial(
+    spec: TrialSpec,
+    output: str | None,
+    *,
+    git_commit: str | None = None,
+    reserved_cpus: float = 0.0,
+) -> TrialOutcome:
+    """Fit one TorchTrainer for `spec`; write its Parquet under `output` (skipped when None).
+
+    `reserved_cpus`: CPUs the caller itself holds on the cluster (a Tune trial's own reservation).
+    """
+    import ray
+
+    started = datetime.now(timezone.utc)
+    t0 = time.time()
+    nodes = alive_nodes()
+    use_gpu = wants_gpu(spec, sum(n.get("GPU", 0.0) for n in nodes))
+    if reserved_cpus and nodes:
+        biggest = max(nodes, key=lambda n: n.get("CPU", 0.0))
+        biggest["CPU"] = biggest.get("CPU", 0.0) - reserved_cpus
+    error = why_it_cannot_fit(worker_bundle(spec, use_gpu), spec.num_workers, spec.placement_strategy, nodes)
+    records = None
+    if error is None:
+        try:
+            records = _fit(spec, use_gpu)
+        except ray.exceptions.RayError as e:
+            error = failure_reason(e)
+        except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
+            error = failure_reason(e)
+    ended = datetime.now(timezone.utc)
+    wall = time.time() - t0
+    outcome = build_outcome(spec, records, error, use_gpu, started, ended, wall, git_commit)
+    if records:
+        outcome.phases_s = _phases(records, t0, time.time())
+    if output is not None:
+        outcome.path = write_trial(output, spec.study, outcome.row, outcome.step_rows)
+    return outcome
+
+
+def _fit(spec: TrialSpec, use_gpu: bool) -> list[dict[str, Any]]:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from tinyfold_ray.train.worker import train_worker
+
+    # Read by the Train controller (these variables propagate to it): bound the worker-group start,
+    # and poll workers often, so a trial costs seconds, not tens of seconds, around its steps.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(spec.start_timeout_s)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
+
+    requested = spec.device if spec.device != "auto" else ("auto" if use_gpu else "cpu")
+    comm = spec.comm_backend or ("nccl" if use_gpu else "gloo")
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec, "backend": requested, "use_gpu": use_gpu},
+        torch_config=TorchConfig(backend=comm),
+        scaling_config=ScalingConfig(
+            num_workers=spec.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": spec.cpus_per_worker, **spec.resources_per_worker},
+            placement_strategy=spec.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}",
+            # No retries: a failed trial is a result, and a retry would time something else.
+            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    records = result.return_value
+    assert records, "rank 0 returned no records"
+    return sorted(records, key=lambda r: r["world_rank"])
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line: the innermost 'SomeError: message' found in the exception's text."""
+    text = str(exc)
+    for line in reversed(text.splitlines()):
+        match = _ERROR_LINE.match(line.strip())
+        if match:
+            return f"{match.group(1)}: {match.group(2)}"[:500]
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}"[:500]
+
+
+def _settings(spec: TrialSpec, use_gpu: bool) -> dict[str, Any]:
+    fused = spec.train.fused_optimizer
+    return {
+        "study": spec.study,
+        "trial_id": spec.trial_id,
+        "repeat": spec.repeat,
+        "num_workers": spec.num_workers,
+        "num_gpus": spec.num_workers if use_gpu else 0,
+        "scaling": spec.scaling,
+        "batch_per_worker": spec.train.batch_size,
+        "global_batch": spec.global_batch,
+        "amp": spec.train.amp,
+        "compile": spec.train.compile,
+        "attention": spec.model.attention,
+        "fused_optimizer": use_gpu if fused is None else fused,
+        "c_m": spec.model.c_m,
+        "c_z": spec.model.c_z,
+        "num_blocks": spec.model.num_blocks,
+        "num_seqs": spec.model.num_seqs,
+        "seq_len": spec.model.seq_len,
+        "bucket_cap_mb": spec.ddp.bucket_cap_mb,
+        "gradient_as_bucket_view": spec.ddp.gradient_as_bucket_view,
+        "static_graph": spec.ddp.static_graph,
+        "cpus_per_worker": spec.cpus_per_worker,
+        "placement_strategy": spec.placement_strategy,
+        "steps": spec.train.num_steps,
+        "warmup_steps": spec.train.warmup_steps,
+        "seed": spec.train.seed,
+    }
+
+
+def build_outcome(
+    spec: TrialSpec,
+    records: list[dict[str, Any]] | None,
+    error: str | None,
+    use_gpu: bool,
+    started: datetime,
+    ended: datetime,
+    wall_time_s: float,
+    git_commit: str | None,
+) -> TrialOutcome:
+    row: dict[str, Any] = {
+        **_settings(spec, use_gpu),
+        "status": "failed" if error else "ok",
+        "error": error,
+        "backend": spec.device if spec.device != "auto" else None,
+        "start_time": started,
+        "end_time": ended,
+        "wall_time_s": wall_time_s,
+        "git_commit": git_commit,
+    }
+    if error or not records:
+        return TrialOutcome(row=row, step_rows=[])
+
+    first = records[0]
+    per_node = Counter(r["node_id"] for r in records)
+    stats = step_stats([r["step_times_s"] for r in records], spec.global_batch)
+    slowest_total = sum(max(times) for times in zip(*(r["step_times_s"] for r in records)))
+    memories = [r["peak_memory_bytes"] for r in records if r["peak_memory_bytes"] is not None]
+    row.update(
+        {
+            "num_nodes": len(per_node),
+            "workers_per_node": max(per_node.values()),
+            "backend": first["backend"],
+            "comm_backend": first["comm_backend"],
+            "device_name": first["device_name"],
+            "fused_optimizer": first["fused_optimizer"],
+            "num_params": first["num_params"],
+            **stats,
+            "first_loss": first["losses"][0],
+            "final_loss": first["losses"][-1],
+            "peak_memory_bytes": max(memories) if memories else None,
+            "allreduce_time_s": first["allreduce_time_s"],
+            "overhead_s": wall_time_s - slowest_total,
+            "hostnames": ",".join(sorted({r["hostname"] for r in records})),
+            **{
+                k: first[k]
+                for k in ("torch_version", "ray_version", "python_version", "cuda_version", "hip_version")
+            },
+        }
+    )
+    step_rows = [
+        {
+            "study": spec.study,
+            "trial_id": spec.trial_id,
+            "repeat": spec.repeat,
+            "world_rank": r["world_rank"],
+            "local_rank": r["local_rank"],
+            "node_id": r["node_id"],
+            "hostname": r["hostname"],
+            "device_name": r["device_name"],
+            "step": i,
+            "step_time_s": t,
+            "loss": loss,
+        }
+        for r in records
+        for i, (t, loss) in enumerate(zip(r["step_times_s"], r["losses"]))
+    ]
+    return TrialOutcome(row=row, step_rows=step_rows)
+
+
+def _phases(records: list[dict[str, Any]], t0: float, t_end: float) -> dict[str, float]:
+    """Wall-clock split of a trial, from the slowest worker's timestamps."""
+    entered = max(r["times"]["entered"] for r in records)
+    built = max(r["times"]["built"] for r in records)
+    measured = max(r["times"]["measured"] for r in records)
+    warmup = max(r["times"]["warmup_s"] for r in records)
+    return {
+        "startup_s": entered - t0,  # Ray worker processes, process group
+        "build_s": built - entered,  # model, data, DDP, optimiser
+        "warmup_s": warmup,
+        "measured_s": measured - built - warmup,
+        "teardown_s": t_end - measured,  # all-reduce probe, gather, worker shutdown
+    }

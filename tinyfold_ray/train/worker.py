@@ -1,0 +1,128 @@
+"""The function every Ray Train worker runs: one DDP process, timed like one-process training.
+
+Reads top to bottom: context -> device -> model, data, DDP, optimiser -> warm-up -> measured steps ->
+all-reduce probe -> gather every rank's record on rank 0. Rank 0 returns the records; they reach the
+driver as `Result.return_value`, so no per-step `ray.train.report` (a barrier) is needed.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import replace
+from typing import Any
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from tinyfold_ray.config import DDPConfig, TrialSpec
+from tinyfold_ray.device import (
+    comm_backends,
+    device_name,
+    gpu_index,
+    provenance,
+    resolve_backend,
+    synchronize,
+    torch_device,
+)
+from tinyfold_ray.errors import TrialFailedError
+from tinyfold_ray.train.loop import run_timed_loop
+from tinyfold_ray.train.step import build_training
+
+ALLREDUCE_REPEATS = 5
+
+
+def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
+    entered = time.time()
+    spec: TrialSpec = config["spec"]
+    ctx = ray.train.get_context()
+    rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
+
+    backend = resolve_backend(config["backend"])
+    if config["use_gpu"] and backend == "cpu":
+        raise TrialFailedError(f"Ray gave this worker a GPU but torch {torch.__version__} sees none")
+    if backend == "cpu":
+        device = torch_device("cpu")
+        # A CPU worker gets as many threads as CPUs it reserved, so workers never oversubscribe cores.
+        train_cfg = spec.train
+        if train_cfg.num_threads is None:
+            train_cfg = replace(train_cfg, num_threads=max(1, int(spec.cpus_per_worker)))
+    else:
+        assigned = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        device = torch_device(backend, gpu_index(local_rank, assigned))
+        torch.cuda.set_device(device)
+        train_cfg = spec.train
+
+    training = build_training(
+        spec.model, train_cfg, device, rank=rank, wrap_model=ddp_wrapper(spec.ddp, device)
+    )
+    built = time.time()
+
+    def maybe_fail():
+        if spec.fail_on_rank == rank:
+            raise TrialFailedError(f"injected failure on rank {rank} (fail_on_rank)")
+
+    result = run_timed_loop(
+        training.step,
+        training.data,
+        warmup_steps=train_cfg.warmup_steps,
+        num_steps=train_cfg.num_steps,
+        device=device,
+        after_warmup=maybe_fail,
+    )
+    measured = time.time()
+
+    record = {
+        "world_rank": rank,
+        "local_rank": local_rank,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "hostname": socket.gethostname(),
+        "device_name": device_name(device),
+        "backend": backend,
+        "comm_backend": comm_backends(backend)[1],
+        "num_params": training.num_params,
+        "fused_optimizer": training.fused_optimizer,
+        "step_times_s": result.step_times_s,
+        "losses": result.losses,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "allreduce_time_s": allreduce_time_s(training.num_params, device),
+        **provenance(),
+        "times": {"entered": entered, "built": built, "warmup_s": result.warmup_time_s, "measured": measured},
+    }
+    records = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(record, records, dst=0)
+    return records
+
+
+def ddp_wrapper(cfg: DDPConfig, device: torch.device):
+    """model -> DDP(model) with the configured buckets (every parameter is used: no unused-param scan)."""
+
+    def wrap(model: torch.nn.Module) -> DistributedDataParallel:
+        return DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            bucket_cap_mb=cfg.bucket_cap_mb,
+            gradient_as_bucket_view=cfg.gradient_as_bucket_view,
+            static_graph=cfg.static_graph,
+        )
+
+    return wrap
+
+
+def allreduce_time_s(num_params: int, device: torch.device) -> float | None:
+    """Median time of an all-reduce of one fp32 gradient's size on this worker group (None alone)."""
+    if dist.get_world_size() == 1:
+        return None
+    buffer = torch.ones(num_params, dtype=torch.float32, device=device)
+    dist.all_reduce(buffer)  # first call sets up the communicator: untimed
+    times = []
+    for _ in range(ALLREDUCE_REPEATS):
+        synchronize(device)
+        start = time.perf_counter()
+        dist.all_reduce(buffer)
+        synchronize(device)  # sync point: ends the timed collective
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
