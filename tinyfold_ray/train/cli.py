@@ -128,7 +128,7 @@ def run_ray_trial(args, model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
         model=model_cfg,
         train=train_cfg,
     )
-    print(connect(spec.num_workers * spec.cpus_per_worker, verbose=args.verbose), file=sys.stderr)
+    print(f"running on {connect(verbose=args.verbose)}", file=sys.stderr)
     outcome = run_trial(spec, args.output, git_commit=git_commit())
     row = outcome.row
     if not outcome.ok:

@@ -1,0 +1,100 @@
+"""End-to-end studies on CPU workers: Parquet out, resume after a hard kill, a failing trial."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+TINY = {
+    "c_m": 8,
+    "c_z": 8,
+    "num_blocks": 1,
+    "num_seqs": 3,
+    "seq_len": 8,
+    "msa_transition_dim": 16,
+    "pair_transition_dim": 16,
+    "c_opm": 4,
+}
+
+
+def write_study(tmp_path: Path, name: str, sweep: dict, repeats: int = 1) -> Path:
+    study = {
+        "name": name,
+        "repeats": repeats,
+        "resources": {"device": "cpu", "cpus_per_worker": 1},
+        "model": TINY,
+        "train": {"num_steps": 3, "warmup_steps": 1},
+        "sweep": sweep,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def study_cmd(path: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "tinyfold_ray.study", str(path), "--output", str(output)]
+
+
+def test_study_runs_resumes_after_a_kill_and_keeps_every_trial_once(tmp_path):
+    path = write_study(tmp_path, "e2e", {"num_workers": [1, 2], "batch_per_worker": [2]}, repeats=2)
+    out = tmp_path / "results"
+    first = out / "e2e" / "w1-b2-r0.parquet"
+
+    # Start the study and kill it hard (driver and its embedded Ray) once the first trial is written.
+    proc = subprocess.Popen(
+        study_cmd(path, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first.exists(), proc.communicate()[0].decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = pd.read_parquet(first).end_time.iloc[0]
+    done_before = set(pd.read_parquet(out / "e2e").trial_id)
+    assert "w1-b2-r0" in done_before and len(done_before) < 4
+
+    rerun = subprocess.run(study_cmd(path, out), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"resuming: {len(done_before)} finished trial(s) kept and skipped" in rerun.stdout
+    for trial_id in done_before:
+        assert trial_id not in rerun.stdout.split("resuming")[1].split("results:")[0]
+    assert "speedup" in rerun.stdout and "efficiency" in rerun.stdout  # the closing table
+
+    trials = pd.read_parquet(out / "e2e")
+    assert sorted(trials.trial_id) == ["w1-b2-r0", "w1-b2-r1", "w2-b2-r0", "w2-b2-r1"]
+    assert set(trials.status) == {"ok"}
+    assert trials.groupby("num_workers").size().to_dict() == {1: 2, 2: 2}
+    assert pd.read_parquet(first).end_time.iloc[0] == kept  # the finished trial was not rewritten
+    steps = pd.read_parquet(out / "e2e" / "_steps")
+    assert len(steps) == 3 * (1 + 2) * 2
+
+
+def test_a_failing_trial_is_marked_and_the_others_finish(tmp_path):
+    # A learning rate of 1e6 drives the loss to inf/nan: that trial fails, the study goes on.
+    path = write_study(tmp_path, "fails", {"num_workers": [1], "learning_rate": [1e6, 1e-3]})
+    out = tmp_path / "results"
+    proc = subprocess.run(study_cmd(path, out), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FAILED: TrainingError: loss became" in proc.stdout
+    assert "1 trial(s) failed: w1-learning_rate_1000000.0-r0" in proc.stdout
+    trials = pd.read_parquet(out / "fails").set_index("trial_id")
+    assert trials.loc["w1-learning_rate_1000000.0-r0", "status"] == "failed"
+    assert "loss became" in trials.loc["w1-learning_rate_1000000.0-r0", "error"]
+    assert trials.loc["w1-learning_rate_0.001-r0", "status"] == "ok"
+
+
+def test_a_study_that_cannot_fit_the_cluster_is_refused_before_the_first_trial(tmp_path):
+    path = write_study(tmp_path, "huge", {"num_workers": [1, 64]})
+    out = tmp_path / "results"
+    start = time.monotonic()
+    proc = subprocess.run(study_cmd(path, out), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "trial w64-r0: 64 workers x {CPU: 1} do not fit this cluster" in proc.stderr
+    assert not (out / "huge").exists()  # nothing ran
+    assert time.monotonic() - start < 60

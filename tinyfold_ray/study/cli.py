@@ -1,0 +1,76 @@
+"""Flags of `python -m tinyfold_ray.study`."""
+
+from __future__ import annotations
+
+import sys
+
+from tinyfold_ray.cli import ArgumentParser
+from tinyfold_ray.study.expand import expand
+from tinyfold_ray.study.spec import load_study
+
+EXIT_TRIAL_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m tinyfold_ray.study",
+        description="Run a scaling study: every trial of the study file's sweep, on an embedded Ray or on "
+        "the cluster in RAY_ADDRESS. Finished trials are kept and skipped when the study runs again.",
+    )
+    p.add_argument("study", help="study file (YAML), e.g. studies/cpu-smoke.yaml")
+    p.add_argument("--output", default=None, help="results location, a path or URI (default: the study's)")
+    p.add_argument("--dry-run", action="store_true", help="print the trial table; start nothing")
+    p.add_argument("--rerun", action="store_true", help="run finished trials again and overwrite them")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own logs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    spec = load_study(args.study)
+    output = args.output or spec.output
+
+    if args.dry_run:
+        trials = expand(spec)
+        print(f"study {spec.name}: {len(trials)} trials ({spec.scaling} scaling, {spec.repeats} repeat(s))")
+        print(f"{'trial':<32} {'workers':>7} {'batch/worker':>12} {'global':>6}  amp")
+        for t in trials:
+            print(
+                f"{t.trial_id:<32} {t.num_workers:>7} {t.train.batch_size:>12} {t.global_batch:>6}  {t.train.amp}"
+            )
+        return 0
+
+    from tinyfold_ray.ray_session import connect
+    from tinyfold_ray.results.provenance import git_commit
+    from tinyfold_ray.study.runner import check_cluster, plan, print_line, run_study
+
+    todo, finished = plan(spec, output, rerun=args.rerun)
+    if finished:
+        print_line(f"resuming: {len(finished)} finished trial(s) kept and skipped")
+    if todo:
+        print_line(f"study {spec.name}: {len(todo)} trial(s) to run on {connect(verbose=args.verbose)}")
+        check_cluster(spec, todo, output)
+    report = run_study(
+        spec, output, todo, skipped=len(finished), git_commit=git_commit(), progress=print_line
+    )
+    _print_summary(report.location)
+    if report.interrupted:
+        print_line(f"interrupted: {report.not_run} trial(s) not run; run the same command again to resume")
+        return EXIT_INTERRUPTED
+    if report.failed:
+        print_line(f"{len(report.failed)} trial(s) failed: {', '.join(report.failed)}")
+        return EXIT_TRIAL_FAILED
+    return 0
+
+
+def _print_summary(location: str) -> None:
+    from tinyfold_ray.errors import TinyFoldError
+    from tinyfold_ray.results import load_results, summarize
+    from tinyfold_ray.results.summary import format_table
+
+    print(f"results: {location}  (pandas: pd.read_parquet({location!r}))")
+    try:
+        print(format_table(summarize(load_results(location))))
+    except TinyFoldError as e:
+        print(f"no summary: {e}", file=sys.stderr)

@@ -1,0 +1,175 @@
+"""Run a study's trials with Ray Tune: resumable, failure-tolerant, one progress line per trial."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinyfold_ray.config import TrialSpec
+from tinyfold_ray.errors import StudySpecError
+from tinyfold_ray.results.storage import is_uri, join
+from tinyfold_ray.results.writer import existing_trials
+from tinyfold_ray.study.expand import expand
+from tinyfold_ray.study.spec import StudySpec
+
+# Logical CPUs a Tune trial holds for its own driver (Tune refuses 0); the workers reserve their own.
+TRIAL_DRIVER_CPUS = 0.01
+
+
+@dataclass
+class StudyReport:
+    location: str
+    planned: int
+    skipped: int
+    ok: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def not_run(self) -> int:
+        return self.planned - self.skipped - len(self.ok) - len(self.failed)
+
+
+def plan(spec: StudySpec, output: str, *, rerun: bool = False) -> tuple[list[TrialSpec], list[TrialSpec]]:
+    """(trials to run, trials already finished). Failed trials run again; ok ones only with rerun."""
+    trials = expand(spec)
+    if rerun:
+        return trials, []
+    done = existing_trials(output, spec.name)
+    todo = [t for t in trials if done.get(t.trial_id) != "ok"]
+    return todo, [t for t in trials if done.get(t.trial_id) == "ok"]
+
+
+def check_cluster(spec: StudySpec, trials: list[TrialSpec], output: str) -> None:
+    """Refuse, before the first trial, a study that cannot run on the connected cluster."""
+    from tinyfold_ray.train.resources import alive_nodes, wants_gpu, why_it_cannot_fit, worker_bundle
+
+    nodes = alive_nodes()
+    if len(nodes) > 1 and not is_uri(output) and not spec.output_is_shared:
+        raise StudySpecError(
+            f"{spec.source}: output: {output!r} is a path on one node's disk, but the cluster has "
+            f"{len(nodes)} nodes; use a URI (s3://...) or a shared filesystem path with output_is_shared: true"
+        )
+    gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    biggest = max(nodes, key=lambda n: n.get("CPU", 0.0))
+    biggest["CPU"] = biggest.get("CPU", 0.0) - TRIAL_DRIVER_CPUS
+    checked = set()
+    for trial in trials:
+        bundle = worker_bundle(trial, wants_gpu(trial, gpus))
+        key = (trial.num_workers, tuple(sorted(bundle.items())))
+        if key in checked:
+            continue
+        checked.add(key)
+        reason = why_it_cannot_fit(bundle, trial.num_workers, trial.placement_strategy, nodes)
+        if reason:
+            raise StudySpecError(f"{spec.source}: trial {trial.trial_id}: {reason}")
+
+
+def _run_one(config: dict[str, Any], specs: dict[str, TrialSpec], output: str, git_commit: str | None):
+    """The Tune function trainable: one trial, then one report that the progress line reads."""
+    from ray import tune
+
+    from tinyfold_ray.train.trial import run_trial
+
+    outcome = run_trial(
+        specs[config["trial_id"]], output, git_commit=git_commit, reserved_cpus=TRIAL_DRIVER_CPUS
+    )
+    row = outcome.row
+    tune.report(
+        {
+            "status": row["status"],
+            "error": row["error"] or "",
+            "throughput_samples_per_sec": row.get("throughput_samples_per_sec") or math.nan,
+            "step_time_median_s": row.get("step_time_median_s") or math.nan,
+            "num_nodes": row.get("num_nodes") or 0,
+            "final_loss": row.get("final_loss") or math.nan,
+            "overhead_s": row.get("overhead_s") or math.nan,
+        }
+    )
+
+
+def describe(trial: TrialSpec) -> str:
+    return (
+        f"w={trial.num_workers} batch/worker={trial.train.batch_size} global={trial.global_batch} "
+        f"amp={trial.train.amp}"
+        + (f" compile={trial.train.compile}" if trial.train.compile != "none" else "")
+        + f" repeat={trial.repeat}"
+    )
+
+
+def run_study(
+    spec: StudySpec,
+    output: str,
+    todo: list[TrialSpec],
+    *,
+    skipped: int = 0,
+    git_commit: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> StudyReport:
+    """Run `todo` (already planned and checked) on the connected Ray cluster."""
+    # Tune's newer console output prints tables and boxes even at verbose=0; the legacy engine does not.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from ray import tune
+
+    report = StudyReport(location=join(output, spec.name), planned=len(todo) + skipped, skipped=skipped)
+    if not todo:
+        return report
+    specs = {t.trial_id: t for t in todo}
+    order = {t.trial_id: i for i, t in enumerate(todo, start=1)}
+
+    class Progress(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            tid = trial.config["trial_id"]
+            n = f"[{order[tid]}/{len(todo)}]"
+            if result["status"] == "ok":
+                report.ok.append(tid)
+                progress(
+                    f"{n} {tid:<28} {describe(specs[tid])}: {result['throughput_samples_per_sec']:8.2f} samples/s "
+                    f"(step {result['step_time_median_s'] * 1e3:.1f} ms, {result['num_nodes']} node(s), "
+                    f"loss {result['final_loss']:.3f}, fixed cost {result['overhead_s']:.1f} s)  ok"
+                )
+            else:
+                report.failed.append(tid)
+                progress(f"{n} {tid:<28} {describe(specs[tid])}: FAILED: {result['error']}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            tid = trial.config["trial_id"]
+            report.failed.append(tid)
+            progress(f"[{order[tid]}/{len(todo)}] {tid:<28} FAILED: the trial driver crashed (see Ray logs)")
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_run_one, specs=specs, output=output, git_commit=git_commit),
+        {"CPU": TRIAL_DRIVER_CPUS},
+    )
+    # Tune's own experiment state is scratch: the Parquet files are the results.
+    scratch = tempfile.mkdtemp(prefix="tinyfold-tune-")
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial_id": tune.grid_search([t.trial_id for t in todo])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}-{int(time.time())}", storage_path=scratch, verbose=0, callbacks=[Progress()]
+        ),
+    )
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if report.not_run and not report.interrupted:
+        # Tune stops early on SIGINT without raising: trials that never reported did not run.
+        report.interrupted = True
+    return report
+
+
+def print_line(message: str) -> None:
+    print(message, flush=True)
+    sys.stdout.flush()
