@@ -8,11 +8,13 @@ from ray.cluster_utils import Cluster
 
 from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL
 from tinyfold_ray.config import TrialSpec
+from tinyfold_ray.ray_session import make_state_api_fail_fast
 from tinyfold_ray.train.trial import run_trial
 
 
 @pytest.fixture(scope="module")
 def two_nodes():
+    make_state_api_fail_fast()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "resources": {"MOCK_GPU": 2}})
     cluster.add_node(num_cpus=2, resources={"MOCK_GPU": 2})
     ray.init(address=cluster.address, log_to_driver=False)

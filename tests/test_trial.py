@@ -9,13 +9,14 @@ import torch
 
 from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL
 from tinyfold_ray.config import DDPConfig, TrainConfig, TrialSpec
+from tinyfold_ray.ray_session import connect
 from tinyfold_ray.results.schema import STEP_COLUMNS, TRIAL_COLUMNS
 from tinyfold_ray.train.trial import run_trial
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    connect(num_cpus=3)
     yield
     ray.shutdown()
 

@@ -4,6 +4,7 @@ embedded one on this machine."""
 from __future__ import annotations
 
 import os
+import socket
 
 # The embedded cluster has one logical CPU more than the machine has cores: trial drivers (Tune's
 # function trainables) hold a sliver of a CPU, and a worker group must never wait for that sliver.
@@ -11,7 +12,23 @@ import os
 SPARE_CPUS = 1
 
 
-def connect(*, verbose: bool = False) -> str:
+def make_state_api_fail_fast() -> None:
+    """Point Ray's state API at a closed loopback port, for clusters started by this process.
+
+    Ray Train's placement-group cleaner asks the state API (served by the dashboard) whether the
+    controller lives, with a 10 s timeout, and a trial's end waits for it: 12 s per trial when there
+    is no dashboard, or when a stale /tmp/ray/ray_current_cluster (left by any earlier `ray start`)
+    points the lookup at a dead cluster. A refused connection answers at once. The cleaner only
+    matters if a controller dies uncleanly, and then an embedded cluster dies with its driver anyway.
+    Must run before the cluster starts: its processes inherit this environment.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
+
+
+def connect(*, verbose: bool = False, num_cpus: int | None = None) -> str:
     """ray.init once; return 'Ray cluster at <address>' or 'embedded Ray with N CPUs' for the log."""
     import ray
 
@@ -22,7 +39,9 @@ def connect(*, verbose: bool = False) -> str:
     if address:
         ray.init(address=address, **quiet)
         return f"Ray cluster at {address}"
-    num_cpus = (os.cpu_count() or 1) + SPARE_CPUS
+    if num_cpus is None:
+        num_cpus = (os.cpu_count() or 1) + SPARE_CPUS
+    make_state_api_fail_fast()
     # address="local": a new cluster of our own, even if another Ray runs on this machine.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     return f"embedded Ray with {num_cpus} logical CPUs"

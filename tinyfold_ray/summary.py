@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from tinyfold_ray.errors import TinyFoldError
 from tinyfold_ray.results.compare import compare, format_compare, format_compare_markdown
 from tinyfold_ray.results.loader import load_results
+from tinyfold_ray.results.scaling_model import add_predictions
 from tinyfold_ray.results.schema import SUMMARY_DIR
 from tinyfold_ray.results.storage import join, resolve
 from tinyfold_ray.results.summary import DEFAULT_CV_THRESHOLD, format_markdown, format_table, summarize
@@ -34,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
         "results", nargs="?", help="a study directory (<output>/<study>) or an output root; path or URI"
     )
     parser.add_argument("--plot", action="store_true", help="also write PNG figures (needs matplotlib)")
+    parser.add_argument(
+        "--predict",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="also predict the efficiency at these worker counts (from the measured all-reduce time)",
+    )
     parser.add_argument(
         "--compare", nargs=2, metavar=("A", "B"), help="put two studies side by side; ratios are B / A"
     )
@@ -88,7 +97,7 @@ def _summarize(path: str, args: argparse.Namespace) -> pd.DataFrame:
 
 
 def _summary(args: argparse.Namespace) -> None:
-    summary = _summarize(args.results, args)
+    summary = add_predictions(_summarize(args.results, args), tuple(args.predict))
     print(format_table(summary))
     out = args.out or join(args.results, SUMMARY_DIR)
     files = {

@@ -411,12 +411,14 @@ def _group_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[list
     groups = summary.groupby("group", sort=False) if "group" in summary.columns else [("all", summary)]
     multi_node = "num_nodes" in summary.columns and bool((summary["num_nodes"].fillna(1) > 1).any())
     node_eff = "efficiency_inter_node" in summary.columns and summary["efficiency_inter_node"].notna().any()
+    predicted = "efficiency_predicted" in summary.columns and summary["efficiency_predicted"].notna().any()
     tables = []
     for label, g in groups:
         headers = ["workers", "GPUs"]
         headers += ["nodes", "per node"] if multi_node else []
         headers += ["throughput (samples/s)", "n", "speedup", "efficiency"]
         headers += ["intra-node eff", "inter-node eff"] if node_eff else []
+        headers += ["predicted eff"] if predicted else []
         headers += ["note"]
         cells = []
         for _, r in g.iterrows():
@@ -432,6 +434,8 @@ def _group_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[list
                     fmt_percent(r.get("efficiency_intra_node")),
                     fmt_percent(r.get("efficiency_inter_node")),
                 ]
+            if predicted:
+                row.append(fmt_percent(r.get("efficiency_predicted")))
             row.append(str(r.get("note") or ""))
             cells.append(row)
         tables.append((_group_title(str(label), g), headers, cells))

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures with their machine and settings (never timed unit tests)."""
