@@ -45,11 +45,10 @@ def add_predictions(summary: pd.DataFrame, extra_workers: tuple[int, ...] = ()) 
             continue
         base = base.iloc[0]
         ref = measured.sort_values("num_workers").iloc[0]
-
         for idx, row in g.iterrows():
             if row["num_workers"] >= 2:
-                out.loc[idx, "efficiency_predicted"] = efficiency(
-                    int(row["num_workers"]), row["batch_per_worker"]
+                out.loc[idx, "efficiency_predicted"] = _efficiency(
+                    base, ref, int(row["num_workers"]), row["batch_per_worker"]
                 )
         for n in sorted(set(extra_workers) - set(g["num_workers"].astype(int))):
             # Weak scaling keeps the batch per worker; strong scaling divides the group's global batch.
