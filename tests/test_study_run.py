@@ -98,3 +98,20 @@ def test_a_study_that_cannot_fit_the_cluster_is_refused_before_the_first_trial(t
     assert "trial w64-r0: 64 workers x {CPU: 1} do not fit this cluster" in proc.stderr
     assert not (out / "huge").exists()  # nothing ran
     assert time.monotonic() - start < 60
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_finished_trials(tmp_path):
+    path = write_study(tmp_path, "sigint", {"num_workers": [1]}, repeats=3)
+    out = tmp_path / "results"
+    first = out / "sigint" / "w1-r0.parquet"
+    proc = subprocess.Popen(study_cmd(path, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first.exists()
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output[-3000:]
+    assert "run the same command again to resume" in output
+    assert "Tuner.restore" not in output  # Tune's own advice would mislead
+    assert pd.read_parquet(out / "sigint").status.eq("ok").all()

@@ -140,3 +140,18 @@ def test_asking_for_a_gpu_that_is_not_there_is_a_user_error():
         pytest.skip("this machine has a GPU")
     proc = _cli("--device", "cuda", "--num-steps", "1")
     assert proc.returncode == 2 and "not available here" in proc.stderr
+
+
+FAST_PATHS = [
+    pytest.param({"fused_optimizer": True}, 1e-5, id="fused-adamw"),
+    pytest.param({"amp": "bf16"}, 2e-2, id="bf16-autocast"),
+    pytest.param({"compile": "default"}, 1e-4, id="torch-compile", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("setting, rtol", FAST_PATHS)
+def test_fast_paths_keep_the_losses_of_the_plain_path(setting, rtol):
+    base = TrainConfig(batch_size=2, num_steps=5, warmup_steps=1)
+    plain = train_single(SMALL, base, "cpu")["losses"]
+    fast = train_single(SMALL, TrainConfig(**{**base.__dict__, **setting}), "cpu")["losses"]
+    assert fast == pytest.approx(plain, rel=rtol)

@@ -52,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         print_line(f"study {spec.name}: {len(todo)} trial(s) to run on {connect(verbose=args.verbose)}")
         check_cluster(spec, todo, output)
     report = run_study(
-        spec, output, todo, skipped=len(finished), git_commit=git_commit(), progress=print_line
+        spec,
+        output,
+        todo,
+        skipped=len(finished),
+        git_commit=git_commit(),
+        progress=print_line,
+        verbose=args.verbose,
     )
     _print_summary(report.location)
     if report.interrupted:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -112,10 +113,15 @@ def run_study(
     skipped: int = 0,
     git_commit: str | None = None,
     progress: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> StudyReport:
     """Run `todo` (already planned and checked) on the connected Ray cluster."""
-    # Tune's newer console output prints tables and boxes even at verbose=0; the legacy engine does not.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not verbose:
+        # Tune's newer console output prints tables and boxes even at verbose=0; the legacy engine does
+        # not. Its warnings on interrupt ("Resume experiment with Tuner.restore...") would mislead:
+        # rerunning the study is how it resumes.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray.tune").setLevel(logging.ERROR)
     from ray import tune
 
     report = StudyReport(location=join(output, spec.name), planned=len(todo) + skipped, skipped=skipped)
