@@ -1,15 +1,18 @@
 """Small shared pieces of the Ray tests."""
 
-from tinyfold_ray.config import ModelConfig, TrainConfig
+from tinyfold_ray.config import TrainConfig, tiny_model_config
 
-SMALL_MODEL = ModelConfig(
-    c_m=16,
-    c_z=16,
-    num_blocks=1,
-    num_seqs=4,
-    seq_len=12,
-    msa_transition_dim=32,
-    pair_transition_dim=32,
-    c_opm=8,
-)
+SMALL_MODEL = tiny_model_config(seq_len=12)
 SHORT_TRAINING = TrainConfig(batch_size=2, num_steps=4, warmup_steps=1)
+
+# The model of the end-to-end study files: the smallest that still exercises every module.
+TINY_STUDY_MODEL = {
+    "c_m": 8,
+    "c_z": 8,
+    "num_blocks": 1,
+    "num_seqs": 3,
+    "seq_len": 8,
+    "msa_transition_dim": 16,
+    "pair_transition_dim": 16,
+    "c_opm": 4,
+}

@@ -31,6 +31,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.ray_helpers import TINY_STUDY_MODEL
+
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30  # for `ray start --block` to drain (3 s, see start_head) and stop its processes
@@ -44,16 +46,7 @@ STUDY = {
     "scaling": "weak",
     "repeats": 1,
     "resources": {"device": "cpu", "cpus_per_worker": 1},
-    "model": {
-        "c_m": 8,
-        "c_z": 8,
-        "num_blocks": 1,
-        "num_seqs": 3,
-        "seq_len": 8,
-        "msa_transition_dim": 16,
-        "pair_transition_dim": 16,
-        "c_opm": 4,
-    },
+    "model": TINY_STUDY_MODEL,
     "train": {"num_steps": 3, "warmup_steps": 1},
     "sweep": {"num_workers": [1, 2]},
 }

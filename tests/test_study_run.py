@@ -10,16 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-TINY = {
-    "c_m": 8,
-    "c_z": 8,
-    "num_blocks": 1,
-    "num_seqs": 3,
-    "seq_len": 8,
-    "msa_transition_dim": 16,
-    "pair_transition_dim": 16,
-    "c_opm": 4,
-}
+from tests.ray_helpers import TINY_STUDY_MODEL
 
 
 def write_study(tmp_path: Path, name: str, sweep: dict, repeats: int = 1) -> Path:
@@ -27,7 +18,7 @@ def write_study(tmp_path: Path, name: str, sweep: dict, repeats: int = 1) -> Pat
         "name": name,
         "repeats": repeats,
         "resources": {"device": "cpu", "cpus_per_worker": 1},
-        "model": TINY,
+        "model": TINY_STUDY_MODEL,
         "train": {"num_steps": 3, "warmup_steps": 1},
         "sweep": sweep,
     }
@@ -73,6 +64,33 @@ def test_study_runs_resumes_after_a_kill_and_keeps_every_trial_once(tmp_path):
     assert pd.read_parquet(first).end_time.iloc[0] == kept  # the finished trial was not rewritten
     steps = pd.read_parquet(out / "e2e" / "_steps")
     assert len(steps) == 3 * (1 + 2) * 2
+
+    # The summary CLI on these real results writes every file, and the plots open.
+    summary = subprocess.run(
+        [sys.executable, "-m", "tinyfold_ray.summary", str(out / "e2e"), "--plot", "--predict", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert summary.returncode == 0, summary.stderr
+    assert "predicted" in summary.stdout
+    written = out / "e2e" / "_summary"
+    for name in (
+        "summary.parquet",
+        "summary.csv",
+        "summary.md",
+        "throughput.png",
+        "speedup.png",
+        "efficiency.png",
+    ):
+        assert (written / name).stat().st_size > 0, name
+    import matplotlib.image
+
+    assert matplotlib.image.imread(written / "speedup.png").ndim == 3
+    assert len(pd.read_parquet(written / "summary.parquet")) == 3  # 1 and 2 workers, and 4 predicted
+    assert sorted(pd.read_parquet(out / "e2e").trial_id) == sorted(
+        trials.trial_id
+    )  # summary not read as trials
 
 
 def test_a_failing_trial_is_marked_and_the_others_finish(tmp_path):

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from tinyfold_ray.config import ModelConfig, TrainConfig
+from tinyfold_ray.config import TrainConfig, tiny_model_config
 from tinyfold_ray.data import SyntheticData
 from tinyfold_ray.errors import TrainingError
 from tinyfold_ray.train.loop import run_timed_loop
@@ -14,16 +14,7 @@ from tinyfold_ray.train.single import train_single
 from tinyfold_ray.train.step import build_training
 from tinyfold_ray.train.timing import step_stats
 
-SMALL = ModelConfig(
-    c_m=16,
-    c_z=16,
-    num_blocks=1,
-    num_seqs=4,
-    seq_len=16,
-    msa_transition_dim=32,
-    pair_transition_dim=32,
-    c_opm=8,
-)
+SMALL = tiny_model_config()
 CPU = torch.device("cpu")
 
 

@@ -99,6 +99,21 @@ class ModelConfig:
         _choice("attention", self.attention, ATTENTION_KERNELS)
 
 
+def tiny_model_config(**overrides: Any) -> ModelConfig:
+    """A model small enough for quick checks on CPU (a step takes milliseconds)."""
+    sizes = dict(
+        c_m=16,
+        c_z=16,
+        num_blocks=1,
+        num_seqs=4,
+        seq_len=16,
+        msa_transition_dim=32,
+        pair_transition_dim=32,
+        c_opm=8,
+    )
+    return ModelConfig(**{**sizes, **overrides})
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """One worker's training loop: batch, steps, optimiser, precision."""

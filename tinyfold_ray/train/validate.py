@@ -6,24 +6,13 @@ import os
 
 import torch
 
-from tinyfold_ray.config import ModelConfig, TrainConfig
+from tinyfold_ray.config import TrainConfig, tiny_model_config
 from tinyfold_ray.device import VISIBLE_DEVICE_VARS, comm_backends
 from tinyfold_ray.train.single import train_single
 
-TINY_MODEL = ModelConfig(
-    c_m=16,
-    c_z=16,
-    num_blocks=1,
-    num_seqs=4,
-    seq_len=16,
-    msa_transition_dim=32,
-    pair_transition_dim=32,
-    c_opm=8,
-)
-
 
 def validate_setup(device: str = "auto") -> str:
-    run = train_single(TINY_MODEL, TrainConfig(batch_size=2, num_steps=3, warmup_steps=1), device)
+    run = train_single(tiny_model_config(), TrainConfig(batch_size=2, num_steps=3, warmup_steps=1), device)
     torch_dist, library = comm_backends(run["backend"])
     visible = ", ".join(f"{v}={os.environ[v]}" for v in VISIBLE_DEVICE_VARS if v in os.environ) or "none set"
     lines = [
