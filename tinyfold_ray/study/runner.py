@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -177,5 +176,5 @@ def run_study(
 
 
 def print_line(message: str) -> None:
+    """A progress line, flushed at once (under `ray job submit` stdout is a pipe to the job log)."""
     print(message, flush=True)
-    sys.stdout.flush()

@@ -54,8 +54,6 @@ def run_trial(
 
     `reserved_cpus`: CPUs the caller itself holds on the cluster (a Tune trial's own reservation).
     """
-    import ray
-
     started = datetime.now(timezone.utc)
     t0 = time.time()
     nodes = alive_nodes()
@@ -68,8 +66,6 @@ def run_trial(
     if error is None:
         try:
             records = _fit(spec, use_gpu)
-        except ray.exceptions.RayError as e:
-            error = failure_reason(e)
         except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
             error = failure_reason(e)
     ended = datetime.now(timezone.utc)
