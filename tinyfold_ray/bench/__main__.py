@@ -119,20 +119,9 @@ def bench_trial(args) -> list[Row]:
         )
 
     smoke_train = TrainConfig(batch_size=4, num_steps=10, warmup_steps=2, num_threads=1)
-    overheads, phases = [], []
-    for i in range(args.repeats):
-        smoke = TrialSpec(
-            study="bench",
-            trial_id=f"overhead{i}",
-            num_workers=1,
-            device="cpu",
-            model=SMOKE_MODEL,
-            train=smoke_train,
-        )
-        outcome = run_trial(smoke, None)
-        if outcome.ok:
-            overheads.append(outcome.row["overhead_s"])
-            phases.append(outcome.phases_s)
+    ok = _smoke_trials(1, smoke_train, args.repeats, "overhead")
+    overheads = [o.row["overhead_s"] for o in ok]
+    phases = [o.phases_s for o in ok]
     if overheads:
         split = ", ".join(
             f"{k[:-2]} {statistics.median(p[k] for p in phases):.2f}" for k in phases[0] if k != "measured_s"
@@ -148,9 +137,26 @@ def bench_trial(args) -> list[Row]:
     return rows
 
 
+def _smoke_trials(num_workers: int, train: TrainConfig, repeats: int, name: str):
+    """Run the smoke model `repeats` times on `num_workers` CPU workers; return the ok outcomes."""
+    from tinyfold_ray.train.trial import run_trial
+
+    outcomes = []
+    for i in range(repeats):
+        spec = TrialSpec(
+            study="bench",
+            trial_id=f"{name}{num_workers}-{i}",
+            num_workers=num_workers,
+            device="cpu",
+            model=SMOKE_MODEL,
+            train=train,
+        )
+        outcomes.append(run_trial(spec, None))
+    return [o for o in outcomes if o.ok]
+
+
 def bench_scaling(args) -> list[Row]:
     from tinyfold_ray.ray_session import connect
-    from tinyfold_ray.train.trial import run_trial
 
     connect()
     train = TrainConfig(
@@ -158,19 +164,7 @@ def bench_scaling(args) -> list[Row]:
     )
     throughput = {}
     for n in (1, 2):
-        values = []
-        for i in range(args.repeats):
-            spec = TrialSpec(
-                study="bench",
-                trial_id=f"weak{n}-{i}",
-                num_workers=n,
-                device="cpu",
-                model=SMOKE_MODEL,
-                train=train,
-            )
-            outcome = run_trial(spec, None)
-            if outcome.ok:
-                values.append(outcome.row["throughput_samples_per_sec"])
+        values = [o.row["throughput_samples_per_sec"] for o in _smoke_trials(n, train, args.repeats, "weak")]
         throughput[n] = statistics.median(values) if values else None
     settings = f"smoke model, batch {args.batch_size}/worker, fp32, gloo, 1 thread per worker, {args.repeats} repeats"
     if not (throughput[1] and throughput[2]):
