@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import posixpath
 import sys
 
 import pandas as pd
@@ -22,7 +21,7 @@ from tinyfold_ray.results.compare import compare, format_compare, format_compare
 from tinyfold_ray.results.loader import load_results
 from tinyfold_ray.results.scaling_model import add_predictions
 from tinyfold_ray.results.schema import SUMMARY_DIR
-from tinyfold_ray.results.storage import join, resolve
+from tinyfold_ray.results.storage import atomic_write, join, resolve
 from tinyfold_ray.results.summary import DEFAULT_CV_THRESHOLD, format_markdown, format_table, summarize
 
 
@@ -135,13 +134,14 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
 def _write_files(out: str, files: dict[str, bytes]) -> None:
     """Write each file to a temporary name, then rename it into place (local path or URI)."""
     fs, directory = resolve(out)
-    fs.create_dir(directory, recursive=True)
     for name, data in files.items():
-        tmp = posixpath.join(directory, f".{name}.tmp")
-        with fs.open_output_stream(tmp) as stream:
-            stream.write(data)
-        fs.move(tmp, posixpath.join(directory, name))
+        atomic_write(fs, directory, name, lambda tmp, data=data: _write_bytes(fs, tmp, data))
     print(f"wrote {', '.join(files)} to {out}")
+
+
+def _write_bytes(fs, path: str, data: bytes) -> None:
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
 
 
 if __name__ == "__main__":

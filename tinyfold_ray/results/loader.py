@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from tinyfold_ray.errors import ConfigError
 from tinyfold_ray.results.schema import STEP_SCHEMA, STEPS_DIR, TRIAL_SCHEMA
-from tinyfold_ray.results.storage import resolve
+from tinyfold_ray.results.storage import parquet_files, resolve, visible_entries
 
 __all__ = ["load_results"]
 
@@ -46,13 +46,13 @@ def load_results(path: str | os.PathLike, steps: bool = False) -> pd.DataFrame:
             "or study directories holding them"
         )
     if steps:
-        files = [f for d in study_dirs for f in _parquet_files(fs, posixpath.join(d, STEPS_DIR))]
+        files = [f for d in study_dirs for f in parquet_files(fs, posixpath.join(d, STEPS_DIR))]
         if not files:
             raise ConfigError(f"no step tables in {location!r}: expected {STEPS_DIR}/*.parquet")
         sort_by = ["study", "trial_id", "world_rank", "step"]
         schema = STEP_SCHEMA
     else:
-        files = [f for d in study_dirs for f in _parquet_files(fs, d)]
+        files = [f for d in study_dirs for f in parquet_files(fs, d)]
         sort_by = ["study", "num_workers", "repeat", "trial_id"]
         schema = TRIAL_SCHEMA
 
@@ -61,27 +61,12 @@ def load_results(path: str | os.PathLike, steps: bool = False) -> pd.DataFrame:
     return df.sort_values(sort_by, na_position="last", kind="stable", ignore_index=True)
 
 
-def _list_dir(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
-    except OSError as exc:
-        raise ConfigError(f"cannot list {path!r}: {exc}") from exc
-    # pyarrow (and pd.read_parquet) skip names starting with "_" or ".": _steps, _summary, temp files.
-    return sorted((i for i in infos if not i.base_name.startswith(("_", "."))), key=lambda i: i.path)
-
-
-def _parquet_files(fs: pafs.FileSystem, path: str) -> list[str]:
-    return [
-        i.path for i in _list_dir(fs, path) if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-    ]
-
-
 def _study_dirs(fs: pafs.FileSystem, base: str) -> list[str]:
     """``base`` itself when it holds trial files, else its subdirectories that do."""
-    if _parquet_files(fs, base):
+    if parquet_files(fs, base):
         return [base]
-    subdirs = (i.path for i in _list_dir(fs, base) if i.type == pafs.FileType.Directory)
-    return [d for d in subdirs if _parquet_files(fs, d)]
+    subdirs = (i.path for i in visible_entries(fs, base) if i.type == pafs.FileType.Directory)
+    return [d for d in subdirs if parquet_files(fs, d)]
 
 
 def _read_conformed(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table:

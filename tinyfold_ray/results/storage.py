@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable
 
 import pyarrow.fs as pafs
 
@@ -25,3 +27,39 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
 
 def join(location: str, *parts: str) -> str:
     return "/".join([location.rstrip("/"), *parts])
+
+
+def visible_entries(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    """The entries of `path` that pyarrow and pd.read_parquet read: names starting with '_' or '.'
+    (_steps, _summary, temporary files) are skipped. A missing `path` has none."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    except OSError as exc:
+        raise ConfigError(f"cannot list {path!r}: {exc}") from exc
+    return sorted((i for i in infos if not i.base_name.startswith(("_", "."))), key=lambda i: i.path)
+
+
+def parquet_files(fs: pafs.FileSystem, path: str) -> list[str]:
+    return [
+        i.path
+        for i in visible_entries(fs, path)
+        if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+    ]
+
+
+def atomic_write(fs: pafs.FileSystem, directory: str, name: str, write: Callable[[str], None]) -> str:
+    """Call `write(tmp_path)`, then rename the file to `directory/name`.
+
+    The temporary name starts with '.', which readers skip, so a crash mid-write leaves nothing a
+    reader picks up; a failed write also removes its temporary file.
+    """
+    fs.create_dir(directory, recursive=True)
+    final = f"{directory}/{name}"
+    tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        write(tmp)
+        fs.move(tmp, final)
+    finally:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+    return final

@@ -7,17 +7,14 @@ before the trial file, so a trial row always has its steps. Finished (ok) trials
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tinyfold_ray.results.schema import SCHEMA_VERSION, STEP_SCHEMA, STEPS_DIR, TRIAL_SCHEMA
-from tinyfold_ray.results.storage import resolve
+from tinyfold_ray.results.storage import atomic_write, parquet_files, resolve
 
 
 def _table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -26,19 +23,6 @@ def _table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     assert not unknown, f"columns missing from the schema: {sorted(unknown)}"
     columns = {name: [r.get(name) for r in rows] for name in schema.names}
     return pa.table(columns, schema=schema)
-
-
-def _atomic_write(fs: pafs.FileSystem, directory: str, name: str, table: pa.Table) -> str:
-    fs.create_dir(directory, recursive=True)
-    final = f"{directory}/{name}"
-    tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
-    try:
-        pq.write_table(table, tmp, filesystem=fs)
-        fs.move(tmp, final)
-    finally:
-        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-            fs.delete_file(tmp)
-    return final
 
 
 def trial_file_name(trial_id: str) -> str:
@@ -52,22 +36,17 @@ def write_trial(
     fs, root = resolve(output)
     study_dir = f"{root}/{study}"
     name = trial_file_name(trial_row["trial_id"])
-    _atomic_write(fs, f"{study_dir}/{STEPS_DIR}", name, _table(step_rows, STEP_SCHEMA))
-    return _atomic_write(fs, study_dir, name, _table([trial_row], TRIAL_SCHEMA))
+    steps, trial = _table(step_rows, STEP_SCHEMA), _table([trial_row], TRIAL_SCHEMA)
+    atomic_write(fs, f"{study_dir}/{STEPS_DIR}", name, lambda tmp: pq.write_table(steps, tmp, filesystem=fs))
+    return atomic_write(fs, study_dir, name, lambda tmp: pq.write_table(trial, tmp, filesystem=fs))
 
 
 def existing_trials(output: str, study: str) -> dict[str, str]:
     """trial_id -> status of every trial row already written for this study."""
     fs, root = resolve(output)
-    study_dir = f"{root}/{study}"
-    if fs.get_file_info(study_dir).type != pafs.FileType.Directory:
-        return {}
     found = {}
-    for info in fs.get_file_info(pafs.FileSelector(study_dir)):
-        base = os.path.basename(info.path)
-        if info.type != pafs.FileType.File or not base.endswith(".parquet") or base[0] in "._":
-            continue
-        table = pq.read_table(info.path, filesystem=fs, columns=["trial_id", "status"])
+    for path in parquet_files(fs, f"{root}/{study}"):
+        table = pq.read_table(path, filesystem=fs, columns=["trial_id", "status"])
         for trial_id, status in zip(table["trial_id"].to_pylist(), table["status"].to_pylist()):
             found[trial_id] = status
     return found
