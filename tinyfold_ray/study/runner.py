@@ -49,7 +49,7 @@ def plan(spec: StudySpec, output: str, *, rerun: bool = False) -> tuple[list[Tri
 
 def check_cluster(spec: StudySpec, trials: list[TrialSpec], output: str) -> None:
     """Refuse, before the first trial, a study that cannot run on the connected cluster."""
-    from tinyfold_ray.train.resources import alive_nodes, wants_gpu, why_it_cannot_fit, worker_bundle
+    from tinyfold_ray.train.resources import alive_nodes, check_placement
 
     nodes = alive_nodes()
     if len(nodes) > 1 and not is_uri(output) and not spec.output_is_shared:
@@ -57,17 +57,8 @@ def check_cluster(spec: StudySpec, trials: list[TrialSpec], output: str) -> None
             f"{spec.source}: output: {output!r} is a path on one node's disk, but the cluster has "
             f"{len(nodes)} nodes; use a URI (s3://...) or a shared filesystem path with output_is_shared: true"
         )
-    gpus = sum(n.get("GPU", 0.0) for n in nodes)
-    biggest = max(nodes, key=lambda n: n.get("CPU", 0.0))
-    biggest["CPU"] = biggest.get("CPU", 0.0) - TRIAL_DRIVER_CPUS
-    checked = set()
     for trial in trials:
-        bundle = worker_bundle(trial, wants_gpu(trial, gpus))
-        key = (trial.num_workers, tuple(sorted(bundle.items())))
-        if key in checked:
-            continue
-        checked.add(key)
-        reason = why_it_cannot_fit(bundle, trial.num_workers, trial.placement_strategy, nodes)
+        _, reason = check_placement(trial, nodes, TRIAL_DRIVER_CPUS)
         if reason:
             raise StudySpecError(f"{spec.source}: trial {trial.trial_id}: {reason}")
 

@@ -61,6 +61,20 @@ def why_it_cannot_fit(
     )
 
 
+def check_placement(
+    spec: TrialSpec, nodes: list[dict[str, float]], reserved_cpus: float = 0.0
+) -> tuple[bool, str | None]:
+    """(whether the workers use GPUs, why they cannot be placed or None) for `spec` on `nodes` (their
+    total resources), less `reserved_cpus` that the caller itself holds on the largest node."""
+    nodes = [dict(n) for n in nodes]
+    use_gpu = wants_gpu(spec, sum(n.get("GPU", 0.0) for n in nodes))
+    if reserved_cpus and nodes:
+        biggest = max(nodes, key=lambda n: n.get("CPU", 0.0))
+        biggest["CPU"] = biggest.get("CPU", 0.0) - reserved_cpus
+    bundle = worker_bundle(spec, use_gpu)
+    return use_gpu, why_it_cannot_fit(bundle, spec.num_workers, spec.placement_strategy, nodes)
+
+
 def alive_nodes() -> list[dict[str, float]]:
     """Total resources of every alive node of the connected Ray cluster."""
     import ray

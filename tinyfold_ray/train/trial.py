@@ -17,7 +17,7 @@ from typing import Any
 
 from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.results.writer import write_trial
-from tinyfold_ray.train.resources import alive_nodes, wants_gpu, why_it_cannot_fit, worker_bundle
+from tinyfold_ray.train.resources import alive_nodes, check_placement
 from tinyfold_ray.train.timing import step_stats
 
 # The Train controller polls its workers on this interval; Ray's 2 s default adds seconds to every trial.
@@ -56,12 +56,7 @@ def run_trial(
     """
     started = datetime.now(timezone.utc)
     t0 = time.time()
-    nodes = alive_nodes()
-    use_gpu = wants_gpu(spec, sum(n.get("GPU", 0.0) for n in nodes))
-    if reserved_cpus and nodes:
-        biggest = max(nodes, key=lambda n: n.get("CPU", 0.0))
-        biggest["CPU"] = biggest.get("CPU", 0.0) - reserved_cpus
-    error = why_it_cannot_fit(worker_bundle(spec, use_gpu), spec.num_workers, spec.placement_strategy, nodes)
+    use_gpu, error = check_placement(spec, alive_nodes(), reserved_cpus)
     records = None
     if error is None:
         try:
