@@ -5,9 +5,15 @@ Each row: figure, target, value, settings; the machine line heads the table. Not
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
 import sys
-from dataclasses import dataclass
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tinyfold_ray.bench.machine import describe_machine
 from tinyfold_ray.cli import ArgumentParser, run_main
@@ -90,10 +96,16 @@ def bench_step(args) -> list[Row]:
 
 def bench_trial(args) -> list[Row]:
     from tinyfold_ray.ray_session import connect
-    from tinyfold_ray.train.single import train_single
-    from tinyfold_ray.train.trial import run_trial
 
     connect()
+    return [_ray_overhead_row(args), *_fixed_cost_rows(args), _study_cost_row(args)]
+
+
+def _ray_overhead_row(args) -> Row:
+    """1 Ray Train worker against one process, run in pairs back to back: the machine drifts between
+    minutes more than the gap being measured, so each pair gives a ratio and the median is reported."""
+    from tinyfold_ray.train.trial import run_trial
+
     threads = args.threads or 1
     train = TrainConfig(
         batch_size=args.batch_size,
@@ -102,57 +114,139 @@ def bench_trial(args) -> list[Row]:
         num_threads=threads,
     )
     settings = (
-        f"default size, batch {args.batch_size}, fp32, cpu, {threads} thread(s), {args.num_steps} steps"
+        f"default size, batch {args.batch_size}, fp32, cpu, {threads} thread(s), {args.num_steps} steps; "
+        f"the one process runs alone, with the workers' environment"
     )
-    single = train_single(ModelConfig(), train, "cpu")
-    spec = TrialSpec(
-        study="bench", trial_id="ratio", num_workers=1, device="cpu", cpus_per_worker=threads, train=train
-    )
-    trial = run_trial(spec, None)
-    rows = []
-    if trial.ok:
-        ratio = trial.row["throughput_samples_per_sec"] / single["throughput_samples_per_sec"]
-        rows.append(Row("1 Ray Train worker / one process", ">= 0.97", f"{ratio:.3f}", settings))
-    else:
-        rows.append(
-            Row("1 Ray Train worker / one process", ">= 0.97", f"failed: {trial.row['error']}", settings)
-        )
-
-    smoke_train = TrainConfig(batch_size=4, num_steps=10, warmup_steps=2, num_threads=1)
-    ok = _smoke_trials(1, smoke_train, args.repeats, "overhead")
-    overheads = [o.row["overhead_s"] for o in ok]
-    phases = [o.phases_s for o in ok]
-    if overheads:
-        split = ", ".join(
-            f"{k[:-2]} {statistics.median(p[k] for p in phases):.2f}" for k in phases[0] if k != "measured_s"
-        )
-        rows.append(
-            Row(
-                "fixed cost per trial (wall - measured steps)",
-                "< 5 s",
-                f"{statistics.median(overheads):.2f} s (median of {len(overheads)}; {split} s)",
-                "smoke model, 1 cpu worker, Ray already running",
-            )
-        )
-    return rows
-
-
-def _smoke_trials(num_workers: int, train: TrainConfig, repeats: int, name: str):
-    """Run the smoke model `repeats` times on `num_workers` CPU workers; return the ok outcomes."""
-    from tinyfold_ray.train.trial import run_trial
-
-    outcomes = []
-    for i in range(repeats):
+    ratios = []
+    for i in range(args.repeats):
+        _progress(f"Ray overhead: pair {i + 1}/{args.repeats}")
+        single = _one_process_throughput(train)
         spec = TrialSpec(
             study="bench",
-            trial_id=f"{name}{num_workers}-{i}",
-            num_workers=num_workers,
+            trial_id=f"ratio{i}",
+            num_workers=1,
             device="cpu",
-            model=SMOKE_MODEL,
+            cpus_per_worker=threads,
             train=train,
         )
-        outcomes.append(run_trial(spec, None))
-    return [o for o in outcomes if o.ok]
+        trial = run_trial(spec, None)
+        if not trial.ok:
+            return Row(
+                "1 Ray Train worker / one process", ">= 0.97", f"failed: {trial.row['error']}", settings
+            )
+        ratios.append(trial.row["throughput_samples_per_sec"] / single)
+    listed = ", ".join(f"{r:.3f}" for r in ratios)
+    value = f"{statistics.median(ratios):.3f} (median of {len(ratios)} pairs: {listed})"
+    return Row("1 Ray Train worker / one process", ">= 0.97", value, settings)
+
+
+def _one_process_throughput(train: TrainConfig) -> float:
+    """samples/s of `python -m tinyfold_ray.train` at default size on the CPU, in a process of its own
+    with the environment Ray Train workers get (the same malloc settings)."""
+    from tinyfold_ray.train.trial import WORKER_ENV
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        command = [sys.executable, "-m", "tinyfold_ray.train", "--device", "cpu", "--json", str(out)]
+        command += ["--threads", str(train.num_threads), "--batch-size", str(train.batch_size)]
+        command += ["--num-steps", str(train.num_steps), "--warmup-steps", str(train.warmup_steps)]
+        done = subprocess.run(command, env={**os.environ, **WORKER_ENV}, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"one-process run failed: {last[0]}")
+        return json.loads(out.read_text())["throughput_samples_per_sec"]
+
+
+def _fixed_cost_rows(args) -> list[Row]:
+    """Trial wall time minus measured steps, next to what Ray Train alone costs (an empty train function)."""
+    train = TrainConfig(batch_size=4, num_steps=10, warmup_steps=2, num_threads=1)
+    outcomes, empty_fits = [], []
+    for i in range(args.repeats):
+        _progress(f"fixed cost: trial {i + 1}/{args.repeats}")
+        empty_fits.append(_empty_fit_s(i))
+        outcome = _smoke_trial(1, train, f"overhead{i}")
+        if outcome.ok:
+            outcomes.append(outcome)
+    settings = f"smoke model, 1 cpu worker, Ray already running, {_health_check()}"
+    floor = Row(
+        "Ray Train alone: fit() of an empty train function",
+        "",
+        f"{statistics.median(empty_fits):.2f} s (median of {len(empty_fits)})",
+        settings,
+    )
+    if not outcomes:
+        return [
+            Row("fixed cost per trial (wall - measured steps)", "< 5 s", "every trial failed", settings),
+            floor,
+        ]
+    phases = [o.phases_s for o in outcomes]
+    split = ", ".join(
+        f"{k[:-2]} {statistics.median(p[k] for p in phases):.2f}" for k in phases[0] if k != "measured_s"
+    )
+    overhead = statistics.median(o.row["overhead_s"] for o in outcomes)
+    value = f"{overhead:.2f} s (median of {len(outcomes)}; {split} s)"
+    return [Row("fixed cost per trial (wall - measured steps)", "< 5 s", value, settings), floor]
+
+
+def _study_cost_row(args) -> Row:
+    """What a trial costs a study beyond its measured steps, Tune's own work included."""
+    from tinyfold_ray.results.loader import load_results
+    from tinyfold_ray.study.runner import plan, run_study
+    from tinyfold_ray.study.spec import parse_study
+
+    raw = {
+        "name": "bench-study",
+        "repeats": args.repeats,
+        "resources": {"device": "cpu", "cpus_per_worker": 1},
+        "model": asdict(SMOKE_MODEL),
+        "train": {"num_steps": 10, "warmup_steps": 2, "num_threads": 1},
+        "sweep": {"num_workers": [1], "batch_per_worker": [4]},
+    }
+    spec = parse_study(raw, source="bench")
+    with tempfile.TemporaryDirectory() as output:
+        todo, _ = plan(spec, output)
+        start = time.time()
+        run_study(spec, output, todo, progress=lambda line: _progress(f"study: {line.split(':')[0]}"))
+        wall = time.time() - start
+        trials = load_results(output)
+    measured = (trials["wall_time_s"] - trials["overhead_s"]).sum()
+    value = f"{(wall - measured) / len(todo):.2f} s ({len(todo)} trials in {wall:.1f} s)"
+    settings = f"smoke model, 1 cpu worker, 10 steps, Ray already running, {_health_check()}"
+    return Row("fixed cost per trial in a study (Tune included)", "", value, settings)
+
+
+def _no_training(config: dict) -> None:
+    return None
+
+
+def _empty_fit_s(i: int) -> float:
+    from tinyfold_ray.train.trial import make_trainer
+
+    spec = TrialSpec(study="bench", trial_id=f"empty{i}", num_workers=1, device="cpu", model=SMOKE_MODEL)
+    start = time.time()
+    make_trainer(spec, False, train_fn=_no_training).fit()
+    return time.time() - start
+
+
+def _smoke_trial(num_workers: int, train: TrainConfig, trial_id: str):
+    from tinyfold_ray.train.trial import run_trial
+
+    spec = TrialSpec(
+        study="bench",
+        trial_id=trial_id,
+        num_workers=num_workers,
+        device="cpu",
+        model=SMOKE_MODEL,
+        train=train,
+    )
+    return run_trial(spec, None)
+
+
+def _health_check() -> str:
+    from tinyfold_ray.train.trial import TRAIN_ENV
+
+    name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    return f"Train health check every {os.environ.get(name, TRAIN_ENV[name])} s"
 
 
 def bench_scaling(args) -> list[Row]:
@@ -160,24 +254,31 @@ def bench_scaling(args) -> list[Row]:
 
     connect()
     train = TrainConfig(
-        batch_size=args.batch_size, num_steps=args.num_steps, warmup_steps=args.warmup_steps, num_threads=1
+        batch_size=args.batch_size,
+        num_steps=args.scaling_steps,
+        warmup_steps=args.warmup_steps,
+        num_threads=1,
     )
-    throughput = {}
-    for n in (1, 2):
-        values = [o.row["throughput_samples_per_sec"] for o in _smoke_trials(n, train, args.repeats, "weak")]
-        throughput[n] = statistics.median(values) if values else None
-    settings = f"smoke model, batch {args.batch_size}/worker, fp32, gloo, 1 thread per worker, {args.repeats} repeats"
+    throughput: dict[int, list[float]] = {1: [], 2: []}
+    for i in range(args.repeats):
+        for n in throughput:  # alternated, so that both worker counts see the same drift of the machine
+            _progress(f"weak scaling: {n} worker(s), repeat {i + 1}/{args.repeats}")
+            outcome = _smoke_trial(n, train, f"weak{n}-{i}")
+            if outcome.ok:
+                throughput[n].append(outcome.row["throughput_samples_per_sec"])
+    settings = (
+        f"smoke model, batch {args.batch_size}/worker, fp32, gloo, 1 thread per worker, "
+        f"{args.scaling_steps} steps, {args.repeats} repeats, {_health_check()}"
+    )
+    figure = "weak scaling efficiency, 2 vs 1 cpu workers"
     if not (throughput[1] and throughput[2]):
-        return [Row("weak scaling efficiency, 2 vs 1 cpu workers", ">= 0.90", "a trial failed", settings)]
-    efficiency = throughput[2] / (2 * throughput[1])
-    return [
-        Row(
-            "weak scaling efficiency, 2 vs 1 cpu workers",
-            ">= 0.90",
-            f"{efficiency:.3f} ({throughput[1]:.1f} -> {throughput[2]:.1f} samples/s)",
-            settings,
-        )
-    ]
+        return [Row(figure, ">= 0.90", "a trial failed", settings)]
+    one, two = statistics.median(throughput[1]), statistics.median(throughput[2])
+    return [Row(figure, ">= 0.90", f"{two / (2 * one):.3f} ({one:.1f} -> {two:.1f} samples/s)", settings)]
+
+
+def _progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 BENCHES = {"step": bench_step, "trial": bench_trial, "scaling": bench_scaling}
@@ -189,6 +290,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-steps", type=int, default=10)
     p.add_argument("--warmup-steps", type=int, default=2)
+    p.add_argument("--scaling-steps", type=int, default=40, help="measured steps of each weak-scaling trial")
     p.add_argument("--repeats", type=int, default=3, help="trials per figure where trials are compared")
     p.add_argument("--amp", nargs="+", choices=AMP_MODES, default=["none"], help="step bench precisions")
     p.add_argument("--compile", choices=COMPILE_MODES, default="none")

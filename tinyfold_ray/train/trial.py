@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -20,12 +21,21 @@ from tinyfold_ray.results.writer import write_trial
 from tinyfold_ray.train.resources import alive_nodes, check_placement
 from tinyfold_ray.train.timing import step_stats
 
-# The Train controller polls its workers on this interval; Ray's 2 s default adds seconds to every trial.
-HEALTH_CHECK_INTERVAL_S = "0.2"
+# Read by the Train controller (Ray passes these variables on to it); set unless the user set them.
+TRAIN_ENV = {
+    # The controller notices that the workers finished on its next poll, so the interval is paid once at
+    # a trial's end; each poll also takes a worker's GIL and the controller's CPU while the steps run.
+    # Weak-scaling efficiency, 2 vs 1 CPU workers on 2 cores (smoke model, 40 steps, medians of 4):
+    # 0.81 at 0.2 s, 0.85 at 0.5 s, 0.91 at 2 s; at 1.0 s the benchmark measured 0.96, and each trial
+    # pays about 1 s at its end.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.0",
+    # The preemption watcher (one more actor process per trial) serves retries, and trials never retry.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
 # Ray Train runs the train function in a thread of the worker actor. glibc gives each thread its own
 # malloc arena, whose large blocks go back to the OS and fault in again every step: a CPU step of the
-# default model ran about 10 % slower there than in a main thread. One arena (set before the worker
-# process starts) removes the difference; GPU runs allocate little on the host and do not notice.
+# default model took 5.91 s in a thread against 5.49 s on a main thread; with one arena 5.11 s against
+# 5.09 s. GPU runs allocate little on the host and do not notice.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "1"}
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)):\s*(.+)$")
 
@@ -74,20 +84,29 @@ def run_trial(
 
 
 def _fit(spec: TrialSpec, use_gpu: bool) -> list[dict[str, Any]]:
+    result = make_trainer(spec, use_gpu).fit()
+    if result.error is not None:
+        raise result.error
+    records = result.return_value
+    assert records, "rank 0 returned no records"
+    return sorted(records, key=lambda r: r["world_rank"])
+
+
+def make_trainer(spec: TrialSpec, use_gpu: bool, train_fn: Callable[[dict], Any] | None = None):
+    """The TorchTrainer of a trial; `train_fn` replaces the training (the benchmark times an empty one)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tinyfold_ray.train.worker import train_worker
 
-    # Read by the Train controller (these variables propagate to it): bound the worker-group start,
-    # and poll workers often, so a trial costs seconds, not tens of seconds, around its steps.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(spec.start_timeout_s)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
+    for name, value in TRAIN_ENV.items():
+        os.environ.setdefault(name, value)
 
     requested = spec.device if spec.device != "auto" else ("auto" if use_gpu else "cpu")
     comm = spec.comm_backend or ("nccl" if use_gpu else "gloo")
-    trainer = TorchTrainer(
-        train_worker,
+    return TorchTrainer(
+        train_fn or train_worker,
         train_loop_config={"spec": spec, "backend": requested, "use_gpu": use_gpu},
         torch_config=TorchConfig(backend=comm),
         scaling_config=ScalingConfig(
@@ -103,12 +122,6 @@ def _fit(spec: TrialSpec, use_gpu: bool) -> list[dict[str, Any]]:
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    records = result.return_value
-    assert records, "rank 0 returned no records"
-    return sorted(records, key=lambda r: r["world_rank"])
 
 
 def failure_reason(exc: BaseException) -> str:
