@@ -37,6 +37,8 @@ SMOKE_MODEL = ModelConfig(
     pair_transition_dim=128,
     c_opm=16,
 )
+# The trials that time fixed costs: short, since only what surrounds the steps is of interest.
+SMOKE_TRAIN = TrainConfig(batch_size=4, num_steps=10, warmup_steps=2, num_threads=1)
 
 
 @dataclass
@@ -121,15 +123,7 @@ def _ray_overhead_row(args) -> Row:
     for i in range(args.repeats):
         _progress(f"Ray overhead: pair {i + 1}/{args.repeats}")
         single = _one_process_throughput(train)
-        spec = TrialSpec(
-            study="bench",
-            trial_id=f"ratio{i}",
-            num_workers=1,
-            device="cpu",
-            cpus_per_worker=threads,
-            train=train,
-        )
-        trial = run_trial(spec, None)
+        trial = run_trial(_bench_spec(f"ratio{i}", train, model=ModelConfig(), cpus_per_worker=threads), None)
         if not trial.ok:
             return Row(
                 "1 Ray Train worker / one process", ">= 0.97", f"failed: {trial.row['error']}", settings
@@ -159,12 +153,11 @@ def _one_process_throughput(train: TrainConfig) -> float:
 
 def _fixed_cost_rows(args) -> list[Row]:
     """Trial wall time minus measured steps, next to what Ray Train alone costs (an empty train function)."""
-    train = TrainConfig(batch_size=4, num_steps=10, warmup_steps=2, num_threads=1)
     outcomes, empty_fits = [], []
     for i in range(args.repeats):
         _progress(f"fixed cost: trial {i + 1}/{args.repeats}")
         empty_fits.append(_empty_fit_s(i))
-        outcome = _smoke_trial(1, train, f"overhead{i}")
+        outcome = _smoke_trial(1, SMOKE_TRAIN, f"overhead{i}")
         if outcome.ok:
             outcomes.append(outcome)
     settings = f"smoke model, 1 cpu worker, Ray already running, {_health_check()}"
@@ -199,8 +192,12 @@ def _study_cost_row(args) -> Row:
         "repeats": args.repeats,
         "resources": {"device": "cpu", "cpus_per_worker": 1},
         "model": asdict(SMOKE_MODEL),
-        "train": {"num_steps": 10, "warmup_steps": 2, "num_threads": 1},
-        "sweep": {"num_workers": [1], "batch_per_worker": [4]},
+        "train": {
+            "num_steps": SMOKE_TRAIN.num_steps,
+            "warmup_steps": SMOKE_TRAIN.warmup_steps,
+            "num_threads": SMOKE_TRAIN.num_threads,
+        },
+        "sweep": {"num_workers": [1], "batch_per_worker": [SMOKE_TRAIN.batch_size]},
     }
     spec = parse_study(raw, source="bench")
     with tempfile.TemporaryDirectory() as output:
@@ -211,7 +208,9 @@ def _study_cost_row(args) -> Row:
         trials = load_results(output)
     measured = (trials["wall_time_s"] - trials["overhead_s"]).sum()
     value = f"{(wall - measured) / len(todo):.2f} s ({len(todo)} trials in {wall:.1f} s)"
-    settings = f"smoke model, 1 cpu worker, 10 steps, Ray already running, {_health_check()}"
+    settings = (
+        f"smoke model, 1 cpu worker, {SMOKE_TRAIN.num_steps} steps, Ray already running, {_health_check()}"
+    )
     return Row("fixed cost per trial in a study (Tune included)", "", value, settings)
 
 
@@ -222,24 +221,35 @@ def _no_training(config: dict) -> None:
 def _empty_fit_s(i: int) -> float:
     from tinyfold_ray.train.trial import make_trainer
 
-    spec = TrialSpec(study="bench", trial_id=f"empty{i}", num_workers=1, device="cpu", model=SMOKE_MODEL)
     start = time.time()
-    make_trainer(spec, False, train_fn=_no_training).fit()
+    make_trainer(_bench_spec(f"empty{i}", SMOKE_TRAIN), False, train_fn=_no_training).fit()
     return time.time() - start
 
 
 def _smoke_trial(num_workers: int, train: TrainConfig, trial_id: str):
     from tinyfold_ray.train.trial import run_trial
 
-    spec = TrialSpec(
+    return run_trial(_bench_spec(trial_id, train, num_workers=num_workers), None)
+
+
+def _bench_spec(
+    trial_id: str,
+    train: TrainConfig,
+    *,
+    num_workers: int = 1,
+    model: ModelConfig = SMOKE_MODEL,
+    cpus_per_worker: float = 1.0,
+) -> TrialSpec:
+    """A CPU trial of the benchmark (its results are not written anywhere)."""
+    return TrialSpec(
         study="bench",
         trial_id=trial_id,
         num_workers=num_workers,
         device="cpu",
-        model=SMOKE_MODEL,
+        cpus_per_worker=cpus_per_worker,
+        model=model,
         train=train,
     )
-    return run_trial(spec, None)
 
 
 def _health_check() -> str:
