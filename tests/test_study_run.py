@@ -133,3 +133,34 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_trials(tmp_path):
     assert "run the same command again to resume" in output
     assert "Tuner.restore" not in output  # Tune's own advice would mislead
     assert pd.read_parquet(out / "sigint").status.eq("ok").all()
+
+
+def test_relative_output_lands_under_the_current_directory_and_resumes(tmp_path):
+    # As the quick start runs: relative study path, the study's own relative `output: results`.
+    write_study(tmp_path, "rel", {"num_workers": [1, 2]})
+    cmd = [sys.executable, "-m", "tinyfold_ray.study", "rel.yaml"]
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    study_dir = tmp_path / "results" / "rel"
+    assert sorted(p.name for p in study_dir.glob("*.parquet")) == ["w1-r0.parquet", "w2-r0.parquet"]
+    assert f"results: {study_dir}" in first.stdout  # the printed location is the absolute one
+    assert "speedup" in first.stdout and "no summary" not in first.stderr
+
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming: 2 finished trial(s) kept and skipped" in again.stdout
+    assert "trial(s) to run" not in again.stdout
+    assert "speedup" in again.stdout
+
+    # One Ray Train trial without Tune: its relative --output is the caller's directory too.
+    train = subprocess.run(
+        [sys.executable, "-m", "tinyfold_ray.train", "--workers", "1", "--output", "adhoc-out"]
+        + ["--seq-len", "8", "--num-seqs", "3", "--msa-dim", "8", "--pair-dim", "8", "--num-blocks", "1"]
+        + ["--batch-size", "2", "--num-steps", "2", "--warmup-steps", "1", "--device", "cpu"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert len(list((tmp_path / "adhoc-out" / "adhoc").glob("*.parquet"))) == 1

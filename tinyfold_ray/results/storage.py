@@ -15,10 +15,22 @@ def is_uri(location: str) -> bool:
     return "://" in location
 
 
+def absolute_location(location: str) -> str:
+    """A local path made absolute against the current directory; a URI as it is.
+
+    Entry points call this once, in the driver, before any trial starts: Ray Tune runs each trial
+    with its working directory set to a folder of its own under Ray's temporary files, so a relative
+    path resolved inside a trial would put the results there, out of sight and soon deleted.
+    """
+    if is_uri(location):
+        return location
+    return os.path.abspath(os.path.expanduser(os.fspath(location)))
+
+
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path (made absolute) or a URI."""
     if not is_uri(location):
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+        return pafs.LocalFileSystem(), absolute_location(location)
     try:
         return pafs.FileSystem.from_uri(location)
     except (pafs.ArrowException, ValueError, OSError) as e:

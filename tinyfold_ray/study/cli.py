@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 
 from tinyfold_ray.cli import ArgumentParser
+from tinyfold_ray.results.storage import absolute_location, is_uri
 from tinyfold_ray.study.expand import expand
 from tinyfold_ray.study.spec import load_study
 
@@ -29,7 +32,9 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     spec = load_study(args.study)
-    output = args.output or spec.output
+    given = args.output or spec.output
+    # One resolved location for the resume scan, every trial, the summary and what is printed.
+    output = absolute_location(given)
 
     if args.dry_run:
         trials = expand(spec)
@@ -45,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     from tinyfold_ray.results.provenance import git_commit
     from tinyfold_ray.study.runner import check_cluster, plan, print_line, run_study
 
+    warning = job_working_dir_warning(given, output)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     todo, finished = plan(spec, output, rerun=args.rerun)
     if finished:
         print_line(f"resuming: {len(finished)} finished trial(s) kept and skipped")
@@ -68,6 +76,24 @@ def main(argv: list[str] | None = None) -> int:
         print_line(f"{len(report.failed)} trial(s) failed: {', '.join(report.failed)}")
         return EXIT_TRIAL_FAILED
     return 0
+
+
+def job_working_dir_warning(given: str, resolved: str) -> str | None:
+    """A warning when a relative output would land in a `ray job submit --working-dir` job's folder.
+
+    The job supervisor hands its driver the job's runtime environment in this variable; with a
+    working_dir, the driver runs in Ray's temporary copy of it, which Ray deletes with the job.
+    """
+    if is_uri(given) or os.path.isabs(os.path.expanduser(given)):
+        return None
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    if not (job.get("runtime_env") or {}).get("working_dir"):
+        return None
+    return (
+        f"warning: output {given!r} is relative, so the results go to {resolved}, inside the job's "
+        "temporary working directory that Ray deletes with the job; give an absolute path on shared "
+        "storage or a URI (--output)"
+    )
 
 
 def _print_summary(location: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.errors import StudySpecError
-from tinyfold_ray.results.storage import is_uri, join
+from tinyfold_ray.results.storage import absolute_location, is_uri, join
 from tinyfold_ray.results.writer import existing_trials
 from tinyfold_ray.study.expand import expand
 from tinyfold_ray.study.spec import StudySpec
@@ -105,7 +105,12 @@ def run_study(
     progress: Callable[[str], None] = print,
     verbose: bool = False,
 ) -> StudyReport:
-    """Run `todo` (already planned and checked) on the connected Ray cluster."""
+    """Run `todo` (already planned and checked) on the connected Ray cluster.
+
+    A relative `output` is made absolute here, in the driver: each trial runs in a working directory
+    of Tune's own, where a relative path would land in Ray's temporary files.
+    """
+    output = absolute_location(output)
     if not verbose:
         # Tune's newer console output prints tables and boxes even at verbose=0; the legacy engine does
         # not. Its warnings on interrupt ("Resume experiment with Tuner.restore...") would mislead:

@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_ray_trial(args, model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
     from tinyfold_ray.ray_session import connect
     from tinyfold_ray.results.provenance import git_commit
+    from tinyfold_ray.results.storage import absolute_location
     from tinyfold_ray.train.trial import run_trial
 
     spec = TrialSpec(
@@ -129,7 +130,7 @@ def run_ray_trial(args, model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
         train=train_cfg,
     )
     print(f"running on {connect(verbose=args.verbose)}", file=sys.stderr)
-    outcome = run_trial(spec, args.output, git_commit=git_commit())
+    outcome = run_trial(spec, absolute_location(args.output), git_commit=git_commit())
     row = outcome.row
     if not outcome.ok:
         print(f"trial {spec.trial_id} failed: {row['error']}", file=sys.stderr)
