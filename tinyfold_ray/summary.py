@@ -1,7 +1,8 @@
 """`python -m tinyfold_ray.summary RESULTS [--plot] [--compare A B]`: scaling tables from Parquet results.
 
 Prints the speedup/efficiency table of every group and writes summary.parquet, summary.csv and
-summary.md (and with --plot the PNG figures) into RESULTS/_summary/. With --compare A B it puts two
+summary.md (with --plot the PNG figures, with --html one self-contained report.html) into
+RESULTS/_summary/. With --compare A B it puts two
 studies side by side and writes compare.csv and compare.md into B's _summary/. Pure pandas: no torch,
 no Ray, so it runs on a laptop with the results copied over.
 """
@@ -34,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
         "results", nargs="?", help="a study directory (<output>/<study>) or an output root; path or URI"
     )
     parser.add_argument("--plot", action="store_true", help="also write PNG figures (needs matplotlib)")
+    parser.add_argument(
+        "--html",
+        action="store_true",
+        help="also write report.html: tables and figures in one file for a browser (needs matplotlib)",
+    )
     parser.add_argument(
         "--predict",
         type=int,
@@ -72,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.results is None and args.compare is None:
         parser.error("give a RESULTS directory, or --compare A B")
-    if args.plot and args.results is None:
-        parser.error("--plot needs a RESULTS directory")
+    if (args.plot or args.html) and args.results is None:
+        parser.error("--plot and --html need a RESULTS directory")
     try:
-        if args.plot:
+        if args.plot or args.html:
             from tinyfold_ray.results.plots import require_matplotlib
 
             require_matplotlib()  # before any work, so a missing extra costs nothing
@@ -108,6 +114,10 @@ def _summary(args: argparse.Namespace) -> None:
         from tinyfold_ray.results.plots import render_plots
 
         files.update(render_plots(summary))
+    if args.html:
+        from tinyfold_ray.results.report import render_html
+
+        files["report.html"] = render_html(summary).encode()
     _write_files(out, files)
 
 

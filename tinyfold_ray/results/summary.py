@@ -33,21 +33,12 @@ DEFAULT_CV_THRESHOLD = 0.05
 
 THROUGHPUT = "throughput_samples_per_sec"
 
-# Two-sided 95 % Student t quantiles (0.975) for 1..30 degrees of freedom, used when scipy is missing.
-_T975 = (
-    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
-)  # fmt: skip
-
 
 def t_quantile_975(dof: int) -> float:
-    """The 0.975 quantile of Student's t with ``dof`` degrees of freedom; scipy if installed, else a table."""
+    """The 0.975 quantile of Student's t with ``dof`` degrees of freedom (exact, from scipy)."""
     assert dof >= 1, dof
-    try:
-        from scipy import stats
-    except ImportError:
-        return _T975[dof - 1] if dof <= len(_T975) else 1.96
+    from scipy import stats
+
     return float(stats.t.ppf(0.975, dof))
 
 
@@ -406,7 +397,7 @@ def fmt_int(x: Any) -> str:
     return "-" if x is None or pd.isna(x) else str(int(x))
 
 
-def _group_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
+def group_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
     """Per group: a title, the headers and the cells of the familiar speedup/efficiency table."""
     groups = summary.groupby("group", sort=False) if "group" in summary.columns else [("all", summary)]
     multi_node = "num_nodes" in summary.columns and bool((summary["num_nodes"].fillna(1) > 1).any())
@@ -476,12 +467,12 @@ def render_markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> st
 
 def format_table(summary: pd.DataFrame) -> str:
     """The short per-group speedup/efficiency table of a `summarize` result, as plain text."""
-    blocks = [f"{title}\n{render_text(h, rows)}" for title, h, rows in _group_tables(summary)]
+    blocks = [f"{title}\n{render_text(h, rows)}" for title, h, rows in group_tables(summary)]
     return "\n\n".join(blocks)
 
 
 def format_markdown(summary: pd.DataFrame, title: str = "Scaling summary") -> str:
     """The per-group tables of a `summarize` result as a Markdown document."""
     blocks = [f"# {title}"]
-    blocks += [f"## {t}\n\n{render_markdown(h, rows)}" for t, h, rows in _group_tables(summary)]
+    blocks += [f"## {t}\n\n{render_markdown(h, rows)}" for t, h, rows in group_tables(summary)]
     return "\n\n".join(blocks) + "\n"
