@@ -1,0 +1,56 @@
+"""The step-time breakdown: marks inside a step, the compute-only reference, the split."""
+
+import pytest
+import torch
+
+from tinyfold_ray.train.breakdown import StepMarks, compute_reference_s, split_steps
+
+
+def test_marks_time_each_part_of_a_step_on_cpu():
+    marks = StepMarks(torch.device("cpu"))
+    marks.begin()
+    a = torch.randn(300, 300)
+    for _ in range(20):
+        a = a @ a / 300
+    marks.mark()
+    marks.mark()
+    fwd_bwd, optimizer = marks.durations()
+    assert len(fwd_bwd) == len(optimizer) == 1
+    assert fwd_bwd[0] > optimizer[0] >= 0
+    marks.clear()
+    assert marks.durations() == ([], [])
+
+
+def test_split_gives_what_exceeds_the_compute_reference_to_communication():
+    parts = split_steps([0.30, 0.25, 0.18], [0.02, 0.02, 0.03], reference_s=0.20)
+    assert parts["compute_time_s"] == [0.20, 0.20, 0.18]
+    assert parts["comm_exposed_s"] == pytest.approx([0.10, 0.05, 0.0])
+    assert parts["optimizer_time_s"] == [0.02, 0.02, 0.03]
+    alone = split_steps([0.3], [0.02], reference_s=None)  # one worker: nothing to all-reduce
+    assert alone["compute_time_s"] == [0.3] and alone["comm_exposed_s"] == [0.0]
+
+
+def test_compute_reference_runs_outside_the_all_reduce_and_skips_the_first_step():
+    calls = []
+
+    class FakeDDP(torch.nn.Module):
+        syncing = True
+
+        def no_sync(self):
+            model = self
+
+            class Off:
+                def __enter__(self):
+                    model.syncing = False
+
+                def __exit__(self, *exc):
+                    model.syncing = True
+
+            return Off()
+
+    model = FakeDDP()
+    reference = compute_reference_s(
+        lambda batch: calls.append((batch, model.syncing)), lambda: len(calls), model, torch.device("cpu")
+    )
+    assert reference >= 0
+    assert [syncing for _, syncing in calls] == [False] * 6 and model.syncing
