@@ -16,10 +16,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.errors import ConfigError
 from tinyfold_ray.results import load_results, summarize
 from tinyfold_ray.results.compare import compare, format_compare
-from tinyfold_ray.results.schema import STEP_SCHEMA, STEPS_DIR, SUMMARY_DIR, TRIAL_COLUMNS, TRIAL_SCHEMA
+from tinyfold_ray.results.schema import (
+    STEP_SCHEMA,
+    STEPS_DIR,
+    SUMMARY_DIR,
+    TRIAL_COLUMNS,
+    TRIAL_SCHEMA,
+    config_values,
+)
 from tinyfold_ray.results.summary import _T975, format_markdown, format_table, t_quantile_975
 from tinyfold_ray.summary import main
 
@@ -30,7 +38,10 @@ T1 = t_quantile_975(1)  # 12.706...: the 95 % half-width factor for 2 repeats is
 def trial(**overrides):
     """One trials-table row with a plausible value in every schema column."""
     row = {
-        "schema_version": 1,
+        **config_values(TrialSpec()),  # the settings this helper does not name keep their defaults
+        "config_hash": None,
+        "attempt": 1,
+        "schema_version": 2,
         "study": "s",
         "trial_id": None,
         "repeat": 0,

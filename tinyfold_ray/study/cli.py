@@ -21,7 +21,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("study", help="study file (YAML), e.g. studies/cpu-smoke.yaml")
     p.add_argument("--output", default=None, help="results location, a path or URI (default: the study's)")
     p.add_argument("--dry-run", action="store_true", help="print the trial table; start nothing")
-    p.add_argument("--rerun", action="store_true", help="run finished trials again and overwrite them")
+    p.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run finished trials again (earlier attempts are kept under _attempts/)",
+    )
     p.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own logs")
     return p
 
