@@ -38,10 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         trials = expand(spec)
         print(f"study {spec.name}: {len(trials)} trials ({spec.scaling} scaling, {spec.repeats} repeat(s))")
-        print(f"{'trial':<32} {'workers':>7} {'batch/worker':>12} {'global':>6}  amp")
+        width = max(32, *(len(t.trial_id) for t in trials))
+        print(f"{'trial':<{width}} {'workers':>7} {'batch/worker':>12} {'global':>6}  amp")
         for t in trials:
             print(
-                f"{t.trial_id:<32} {t.num_workers:>7} {t.train.batch_size:>12} {t.global_batch:>6}  {t.train.amp}"
+                f"{t.trial_id:<{width}} {t.num_workers:>7} {t.train.batch_size:>12} {t.global_batch:>6}  "
+                f"{t.train.amp}"
             )
         return 0
 

@@ -62,8 +62,9 @@ def parse_yaml(data: bytes, source: str) -> Any:
             f"{source}: line {_line_of(data, e.start)}: byte 0x{data[e.start]:02x} is not UTF-8; "
             "save the study file as UTF-8 text"
         ) from None
-    loader = _StudyLoader(text)
+    loader = None
     try:
+        loader = _StudyLoader(text)  # its reader already refuses control characters
         node = loader.get_single_node()
         if node is None:
             return None
@@ -82,7 +83,8 @@ def parse_yaml(data: bytes, source: str) -> Any:
     except yaml.YAMLError as e:
         raise StudySpecError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _check_duplicate_keys(node: yaml.Node, path: str, source: str, seen_nodes: set[int]) -> None:
