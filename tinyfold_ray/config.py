@@ -45,7 +45,8 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """How a message names a value's type: "a string", "a mapping", "null"."""
     names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
@@ -65,7 +66,7 @@ def check_value(key: str, value: Any, hint: Any) -> Any:
     else:
         allowed_none = ""
     if typing.get_origin(hint) is dict:
-        _require(isinstance(value, dict), key, value, f"must be a mapping, got {_kind(value)}")
+        _require(isinstance(value, dict), key, value, f"must be a mapping, got {kind_of(value)}")
         return {str(k): check_value(f"{key}.{k}", v, typing.get_args(hint)[1]) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         _require(isinstance(value, hint), key, value, f"must be a {hint.__name__}")
@@ -77,7 +78,7 @@ def check_value(key: str, value: Any, hint: Any) -> Any:
         float: is_int or isinstance(value, float),
         str: isinstance(value, str),
     }[hint]
-    _require(ok, key, value, f"must be {_TYPE_NAMES[hint]}{allowed_none}, got {_kind(value)}")
+    _require(ok, key, value, f"must be {_TYPE_NAMES[hint]}{allowed_none}, got {kind_of(value)}")
     if hint is float:
         value = float(value)
         _require(math.isfinite(value), key, value, "must be a finite number")
@@ -266,7 +267,9 @@ class TrialSpec:
         _check_types(self)
         _positive_ints(self, "num_workers")
         _require(self.repeat >= 0, "repeat", self.repeat, "must be >= 0")
-        _require(self.num_workers <= MAX_WORKERS, "num_workers", self.num_workers, f"must be <= {MAX_WORKERS}")
+        _require(
+            self.num_workers <= MAX_WORKERS, "num_workers", self.num_workers, f"must be <= {MAX_WORKERS}"
+        )
         for name, amount in self.resources_per_worker.items():
             _require(amount >= 0, f"resources_per_worker.{name}", amount, "must be >= 0")
         _choice("scaling", self.scaling, SCALING_MODES)

@@ -56,7 +56,9 @@ def _config_columns() -> dict[str, pa.DataType]:
     columns["extra_resources"] = _STR  # JSON of resources_per_worker, keys sorted ("{}" when none)
     for cls in (ModelConfig, TrainConfig, DDPConfig):
         hints = typing.get_type_hints(cls)
-        columns.update({RENAMED.get(f.name, f.name): _arrow_type(hints[f.name]) for f in dataclasses.fields(cls)})
+        columns.update(
+            {RENAMED.get(f.name, f.name): _arrow_type(hints[f.name]) for f in dataclasses.fields(cls)}
+        )
     return columns
 
 
@@ -75,7 +77,9 @@ def config_values(spec: TrialSpec) -> dict[str, Any]:
     values["global_batch"] = spec.global_batch
     values["extra_resources"] = json.dumps(spec.resources_per_worker, sort_keys=True)
     for section in (spec.model, spec.train, spec.ddp):
-        values.update({RENAMED.get(f.name, f.name): getattr(section, f.name) for f in dataclasses.fields(section)})
+        values.update(
+            {RENAMED.get(f.name, f.name): getattr(section, f.name) for f in dataclasses.fields(section)}
+        )
     assert values.keys() == CONFIG_COLUMNS.keys()
     return values
 

@@ -70,7 +70,9 @@ def _keep_previous_attempt(fs: pafs.FileSystem, study_dir: str, trial_id: str) -
     for directory in (study_dir, f"{study_dir}/{STEPS_DIR}"):
         source = f"{directory}/{trial_file_name(trial_id)}"
         if fs.get_file_info(source).type == pafs.FileType.File:
-            atomic_write(fs, f"{directory}/{ATTEMPTS_DIR}", kept, lambda tmp, src=source: fs.copy_file(src, tmp))
+            atomic_write(
+                fs, f"{directory}/{ATTEMPTS_DIR}", kept, lambda tmp, src=source: fs.copy_file(src, tmp)
+            )
     return previous
 
 

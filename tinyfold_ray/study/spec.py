@@ -24,6 +24,7 @@ from tinyfold_ray.config import (
     TrainConfig,
     TrialSpec,
     check_value,
+    kind_of,
 )
 from tinyfold_ray.errors import ConfigError, StudySpecError
 from tinyfold_ray.study.reader import read_study_file
@@ -87,7 +88,9 @@ def load_study(path: str | Path) -> StudySpec:
     return parse_study(read_study_file(path), source=str(path))
 
 
-def resolve(spec: StudySpec, settings: dict[str, Any], *, repeat: int = 0, trial_id: str = "trial") -> TrialSpec:
+def resolve(
+    spec: StudySpec, settings: dict[str, Any], *, repeat: int = 0, trial_id: str = "trial"
+) -> TrialSpec:
     """The TrialSpec of one point of the sweep (`settings`: axis -> value); the configs check it."""
     chosen = {**spec.fixed, **{k: v for k, v in settings.items() if k in SECTION_OF}}
     num_workers = settings["num_workers"]
@@ -136,20 +139,24 @@ class _Study:
     def fail(self, key: str, message: str) -> typing.NoReturn:
         raise StudySpecError(f"{self.source}: {key}: {message}")
 
-    def config_error(self, e: ConfigError, path_of: typing.Callable[[str], str], context: str = "") -> typing.NoReturn:
+    def config_error(
+        self, e: ConfigError, path_of: typing.Callable[[str], str], context: str = ""
+    ) -> typing.NoReturn:
         """Re-raise a config's error with the key's place in the file ("key=..." -> "sweep.key=...")."""
         message = str(e)
         if e.key is not None and message.startswith(f"{e.key}="):
             head, dot, rest = e.key.partition(".")
-            message = f"{path_of(head)}{dot}{rest}{message[len(e.key):]}"
+            message = f"{path_of(head)}{dot}{rest}{message[len(e.key) :]}"
         raise StudySpecError(f"{self.source}: {message}{context}") from None
 
     def mapping(self, key: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
-            self.fail(key, f"must be a mapping of keys to values, got {_kind(value)}")
+            self.fail(key, f"must be a mapping of keys to values, got {kind_of(value)}")
         return value
 
-    def known_keys(self, where: str, value: dict, allowed: typing.Sequence[str], elsewhere: dict[str, str]) -> None:
+    def known_keys(
+        self, where: str, value: dict, allowed: typing.Sequence[str], elsewhere: dict[str, str]
+    ) -> None:
         """Refuse unknown keys with a suggestion: a close spelling here, or where the key belongs."""
         for key in value:
             if key in allowed:
@@ -172,30 +179,27 @@ class _Study:
             self.config_error(e, lambda head: head)
 
 
-def _kind(value: Any) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
 def _where_else(exclude: str) -> dict[str, str]:
     """Every known key outside `exclude` -> its full place in the file, for "did you mean" hints."""
     places = {k: f"{s}.{k}" for k, s in SECTION_OF.items() if s != exclude}
     places.update({k: f"resources.{k}" for k in RESOURCE_FIELDS if exclude != "resources"})
     places["batch_size"] = "sweep.batch_per_worker (or sweep.global_batch for strong scaling)"
-    places.pop(exclude, None)
     return places
 
 
 def parse_study(raw: Any, source: str = "<study>") -> StudySpec:
     s = _Study(source)
     if not isinstance(raw, dict):
-        raise StudySpecError(f"{source}: a study file must be a YAML mapping, got {_kind(raw)}")
+        raise StudySpecError(f"{source}: a study file must be a YAML mapping, got {kind_of(raw)}")
     s.known_keys("", raw, TOP_LEVEL_KEYS, _where_else(""))
     if "name" not in raw:
         s.fail("name", "missing; every study needs a name (its results folder)")
     top = {key: s.scalar(key, raw[key], hint) for key, hint in TOP_LEVEL.items() if key in raw}
     if not NAME_PATTERN.match(top["name"]):
-        s.fail("name", f"{top['name']!r} must be letters, digits, '.', '_' or '-' (it names a folder under output)")
+        s.fail(
+            "name",
+            f"{top['name']!r} must be letters, digits, '.', '_' or '-' (it names a folder under output)",
+        )
     try:
         TrialSpec(scaling=top.get("scaling", "weak"))
     except ConfigError as e:
@@ -233,7 +237,10 @@ def _fixed(s: _Study, raw: dict[str, Any]) -> dict[str, Any]:
         s.known_keys(f"{section}.", values, list(hints[section]), _where_else(section))
         for key, value in values.items():
             if key == "batch_size":
-                s.fail("train.batch_size", "set the batch with sweep.batch_per_worker (weak) or sweep.global_batch")
+                s.fail(
+                    "train.batch_size",
+                    "set the batch with sweep.batch_per_worker (weak) or sweep.global_batch",
+                )
             fixed[key] = s.scalar(f"{section}.{key}", value, hints[section][key])
     return fixed
 
@@ -247,7 +254,9 @@ def _axis_hint(axis: str) -> Any:
 
 def _sweep(s: _Study, raw: Any, fixed: dict[str, Any], scaling: str) -> dict[str, list[Any]]:
     if raw is None:
-        s.fail("sweep", "missing; a study sweeps at least num_workers, e.g. sweep: {num_workers: [1, 2, 4, 8]}")
+        s.fail(
+            "sweep", "missing; a study sweeps at least num_workers, e.g. sweep: {num_workers: [1, 2, 4, 8]}"
+        )
     raw = s.mapping("sweep", raw)
     elsewhere = {"placement": "sweep.placement_strategy", "batch_size": _where_else("")["batch_size"]}
     s.known_keys("sweep.", raw, SWEEPABLE, elsewhere)
