@@ -231,7 +231,11 @@ RANGES = [
     (bad(model__learning_rate=1e-3), "model.learning_rate: unknown key; did you mean train.learning_rate?"),
     (bad(num_steps=5), "num_steps: unknown key; did you mean train.num_steps?"),
     (bad(sweep__placement=["PACK"]), "did you mean sweep.placement_strategy?"),
-    (bad(sweep__cpus_per_worker=[0.5, 0]), "sweep.cpus_per_worker=0.0 is not allowed: must be > 0"),
+    (
+        bad(resources={}, sweep__cpus_per_worker=[0.5, 0]),
+        "sweep.cpus_per_worker=0.0 is not allowed: must be > 0",
+    ),
+    (bad(sweep__cpus_per_worker=[1, 2]), "sweep.cpus_per_worker: is also set as resources.cpus_per_worker"),
 ]
 
 
@@ -252,7 +256,10 @@ def test_exponent_floats_are_numbers(tmp_path):
 def test_cpus_per_worker_and_placement_strategy_can_be_swept():
     trials = expand(
         parse_study(
-            bad(sweep={"num_workers": [2], "cpus_per_worker": [1, 0.5], "placement_strategy": ["SPREAD"]})
+            bad(
+                resources={"device": "cpu"},
+                sweep={"num_workers": [2], "cpus_per_worker": [1, 0.5], "placement_strategy": ["SPREAD"]},
+            )
         )
     )
     assert [(t.cpus_per_worker, t.placement_strategy) for t in trials[:2]] == [

@@ -210,6 +210,9 @@ def parse_study(raw: Any, source: str = "<study>") -> StudySpec:
     top.update(_resources(s, raw.get("resources", {})))
     fixed = _fixed(s, raw)
     sweep = _sweep(s, raw.get("sweep"), fixed, top.get("scaling", "weak"))
+    for axis in SWEEP_RESOURCES:
+        if axis in sweep and FILE_KEY_OF[axis] in raw.get("resources", {}):
+            s.fail(f"sweep.{axis}", f"is also set as resources.{FILE_KEY_OF[axis]}; set it in one place")
     spec = StudySpec(**top, fixed=fixed, sweep=sweep, source=source)
     _check_points(s, spec)
     return spec
