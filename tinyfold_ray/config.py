@@ -51,38 +51,45 @@ def kind_of(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+@functools.cache
+def _base(hint: Any) -> tuple[Any, bool]:
+    """(the hint without None, whether None is allowed)."""
+    args = typing.get_args(hint)
+    if type(None) in args and typing.get_origin(hint) is not dict:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def _is(value: Any, base: Any) -> bool:
+    if base is bool or base is str:
+        return isinstance(value, base)
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    return is_int or (base is float and isinstance(value, float))
+
+
 def check_value(key: str, value: Any, hint: Any) -> Any:
     """`value` checked against a field's type hint; ints become floats where a float is wanted.
 
     Knows the hints the settings use: int, float, bool, str, `X | None`, dict[str, float], and the
     nested config dataclasses. Numbers must be finite and integers must fit an int64 column.
     """
-    args = typing.get_args(hint)
-    if type(None) in args:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        allowed_none = " or null"
-    else:
-        allowed_none = ""
-    if typing.get_origin(hint) is dict:
-        _require(isinstance(value, dict), key, value, f"must be a mapping, got {kind_of(value)}")
-        return {str(k): check_value(f"{key}.{k}", v, typing.get_args(hint)[1]) for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
-        _require(isinstance(value, hint), key, value, f"must be a {hint.__name__}")
+    base, optional = _base(hint)
+    if value is None and optional:
+        return None
+    if typing.get_origin(base) is dict:
+        if not isinstance(value, dict):
+            _require(False, key, value, f"must be a mapping, got {kind_of(value)}")
+        return {str(k): check_value(f"{key}.{k}", v, typing.get_args(base)[1]) for k, v in value.items()}
+    if dataclasses.is_dataclass(base):
+        _require(isinstance(value, base), key, value, f"must be a {base.__name__}")
         return value
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    ok = {
-        bool: isinstance(value, bool),
-        int: is_int,
-        float: is_int or isinstance(value, float),
-        str: isinstance(value, str),
-    }[hint]
-    _require(ok, key, value, f"must be {_TYPE_NAMES[hint]}{allowed_none}, got {kind_of(value)}")
-    if hint is float:
+    if not _is(value, base):
+        allowed = f"must be {_TYPE_NAMES[base]}{' or null' if optional else ''}, got {kind_of(value)}"
+        _require(False, key, value, allowed)
+    if base is float:
         value = float(value)
         _require(math.isfinite(value), key, value, "must be a finite number")
-    if hint is int:
+    elif base is int:
         _require(INT64[0] <= value <= INT64[1], key, value, "must fit a 64-bit signed integer")
     return value
 
