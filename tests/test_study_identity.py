@@ -100,7 +100,7 @@ def test_a_changed_fixed_setting_is_refused_before_anything_starts(lr_study):
     assert (
         "4 finished trial(s)" in proc.stderr
         and "c_z 8 -> 16" in proc.stderr
-        and "steps 2 -> 3" in proc.stderr
+        and "num_steps 2 -> 3" in proc.stderr
     )
     assert "--rerun" in proc.stderr and "new name or --output" in proc.stderr
     assert sorted(p.name for p in (out / "lr").rglob("*")) == before

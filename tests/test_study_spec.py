@@ -11,6 +11,7 @@ import yaml
 from tinyfold_ray.errors import StudySpecError
 from tinyfold_ray.results.schema import config_hash, config_values
 from tinyfold_ray.study import expand, load_study, parse_study
+from tinyfold_ray.study.resume import changed_settings
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -284,3 +285,13 @@ def test_config_hash_ignores_the_repeat_and_sees_every_setting():
     assert len({config_hash(config_values(t)) for t in same}) == 1 and len(same) == 2
     changed = parse_study(bad(model__c_opm=4))
     assert config_hash(config_values(expand(changed)[0])) != config_hash(config_values(trials[0]))
+
+
+def test_resume_compares_only_the_settings_a_stored_row_records():
+    trial = expand(parse_study(GOOD))[0]
+    same = {**config_values(trial), "config_hash": "from-older-code"}  # e.g. a setting added since
+    assert changed_settings(same, trial) == []
+    schema_1 = {"c_m": 16, "amp": "none", "fused_optimizer": True}  # no hash, fewer columns
+    assert changed_settings(schema_1, trial) == []  # fused_optimizer: auto matches what ran
+    assert changed_settings({**schema_1, "c_m": 32}, trial) == ["c_m 32 -> 16"]
+    assert changed_settings({**same, "steps": 9}, trial) == ["num_steps 9 -> 5"]

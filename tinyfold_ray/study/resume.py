@@ -9,6 +9,8 @@ from tinyfold_ray.errors import StudySpecError
 from tinyfold_ray.results.schema import CONFIG_COLUMNS, RESOLVED_AT_RUN, config_hash, config_values
 
 MAX_LISTED_CHANGES = 6
+# A changed setting is named as the study file names it (the batch keeps its column name, a sweep axis).
+FILE_KEY = {"steps": "num_steps"}
 
 
 def changed_settings(stored: dict[str, Any], trial: TrialSpec) -> list[str]:
@@ -23,7 +25,7 @@ def changed_settings(stored: dict[str, Any], trial: TrialSpec) -> list[str]:
     if stored.get("config_hash") == config_hash(wanted):
         return []
     return [
-        f"{key} {stored.get(key)!r} -> {wanted[key]!r}"
+        f"{FILE_KEY.get(key, key)} {stored.get(key)!r} -> {wanted[key]!r}"
         for key in CONFIG_COLUMNS
         if stored.get(key) is not None
         and stored.get(key) != wanted[key]
