@@ -6,6 +6,10 @@ Each dataclass is frozen and keyword-only, and validates itself on construction,
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,24 +23,90 @@ PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 SCALING_MODES = ("weak", "strong")
 
 
+# Upper bounds that keep a typo from asking for the impossible (a study checks them before it expands).
+MAX_WORKERS = 4096
+INT64 = (-(2**63), 2**63 - 1)  # every integer setting is an int64 column of the trials table
+
+
 def _require(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:
-        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}", key=key)
 
 
 def _positive_ints(obj: Any, *names: str) -> None:
     for name in names:
-        value = getattr(obj, name)
-        _require(
-            isinstance(value, int) and not isinstance(value, bool) and value > 0,
-            name,
-            value,
-            "must be a positive integer",
-        )
+        _require(getattr(obj, name) > 0, name, getattr(obj, name), "must be a positive integer")
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     _require(value in choices, key, value, f"choose one of {', '.join(choices)}")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def kind_of(value: Any) -> str:
+    """How a message names a value's type: "a string", "a mapping", "null"."""
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+@functools.cache
+def _base(hint: Any) -> tuple[Any, bool]:
+    """(the hint without None, whether None is allowed)."""
+    args = typing.get_args(hint)
+    if type(None) in args and typing.get_origin(hint) is not dict:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def _is(value: Any, base: Any) -> bool:
+    if base is bool or base is str:
+        return isinstance(value, base)
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    return is_int or (base is float and isinstance(value, float))
+
+
+def check_value(key: str, value: Any, hint: Any) -> Any:
+    """`value` checked against a field's type hint; ints become floats where a float is wanted.
+
+    Knows the hints the settings use: int, float, bool, str, `X | None`, dict[str, float], and the
+    nested config dataclasses. Numbers must be finite and integers must fit an int64 column.
+    """
+    base, optional = _base(hint)
+    if value is None and optional:
+        return None
+    if typing.get_origin(base) is dict:
+        if not isinstance(value, dict):
+            _require(False, key, value, f"must be a mapping, got {kind_of(value)}")
+        return {str(k): check_value(f"{key}.{k}", v, typing.get_args(base)[1]) for k, v in value.items()}
+    if dataclasses.is_dataclass(base):
+        _require(isinstance(value, base), key, value, f"must be a {base.__name__}")
+        return value
+    if not _is(value, base):
+        allowed = f"must be {_TYPE_NAMES[base]}{' or null' if optional else ''}, got {kind_of(value)}"
+        _require(False, key, value, allowed)
+    if base is float:
+        value = float(value)
+        _require(math.isfinite(value), key, value, "must be a finite number")
+    elif base is int:
+        _require(INT64[0] <= value <= INT64[1], key, value, "must fit a 64-bit signed integer")
+    return value
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_types(obj: Any) -> None:
+    """Check every field against its type hint (frozen: a coerced value is set through object)."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        checked = check_value(f.name, value, hints[f.name])
+        if checked is not value:
+            object.__setattr__(obj, f.name, checked)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +143,7 @@ class ModelConfig:
     """Attention kernel: eager (matmul + softmax, the reference) or sdpa (torch's fused kernel)."""
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _positive_ints(
             self,
             "vocab_size",
@@ -140,13 +211,9 @@ class TrainConfig:
     """torch intra-op threads (CPU runs); None leaves torch's default."""
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _positive_ints(self, "batch_size", "num_steps")
-        _require(
-            isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
-            "warmup_steps",
-            self.warmup_steps,
-            "must be an integer >= 0",
-        )
+        _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be an integer >= 0")
         _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _choice("amp", self.amp, AMP_MODES)
@@ -167,6 +234,7 @@ class DDPConfig:
     """Tell DDP the graph never changes between steps."""
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _require(self.bucket_cap_mb > 0, "bucket_cap_mb", self.bucket_cap_mb, "must be > 0")
 
 
@@ -203,7 +271,14 @@ class TrialSpec:
     """Testing aid: this rank raises after its warm-up (checks that failures become data)."""
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _positive_ints(self, "num_workers")
+        _require(self.repeat >= 0, "repeat", self.repeat, "must be >= 0")
+        _require(
+            self.num_workers <= MAX_WORKERS, "num_workers", self.num_workers, f"must be <= {MAX_WORKERS}"
+        )
+        for name, amount in self.resources_per_worker.items():
+            _require(amount >= 0, f"resources_per_worker.{name}", amount, "must be >= 0")
         _choice("scaling", self.scaling, SCALING_MODES)
         _choice("device", self.device, DEVICES)
         _choice("placement_strategy", self.placement_strategy, PLACEMENT_STRATEGIES)
