@@ -38,6 +38,7 @@ TOP_LEVEL_KEYS = (
     "repeats",
     "max_concurrent_trials",
     "resources",
+    "env",
     *SECTIONS,
     "sweep",
 )
@@ -71,6 +72,8 @@ class StudySpec:
     placement: str = "PACK"
     extra_resources: dict[str, float] = field(default_factory=dict)
     start_timeout_s: float = 120.0
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables for every worker of every trial."""
     fixed: dict[str, Any] = field(default_factory=dict)
     """Non-swept model/train/ddp settings, by field name."""
     sweep: dict[str, list[Any]] = field(default_factory=dict)
@@ -192,6 +195,14 @@ def parse_study(raw: Any, source: str = "<study>") -> StudySpec:
     if "extra" in resources:
         extra = c.mapping("resources.extra", resources["extra"])
         top["extra_resources"] = {k: c.typed(f"resources.extra.{k}", v, float) for k, v in extra.items()}
+
+    if "env" in raw:
+        # Numbers and booleans are written as YAML gives them (NCCL_DEBUG_SUBSYS: ALL, NCCL_IB_DISABLE: 1).
+        env = c.mapping("env", raw["env"])
+        for k, v in env.items():
+            if not isinstance(v, str | int | float):
+                c.fail(f"env.{k}", f"must be a string or a number, got {v!r} ({_type_name(v)})")
+        top["env"] = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in env.items()}
 
     fixed: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
