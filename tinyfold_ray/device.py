@@ -114,7 +114,7 @@ def choose_gpu_ordinal(
         if own.isdigit() and int(own) < device_count:
             return int(own)
         raise fail(f"GPU id {own!r} is not an ordinal below the device count")
-    for name, ids in lists:
+    for _, ids in lists:
         if len(ids) == device_count and own in ids:
             return ids.index(own)
     candidates = " or ".join(name for name, _ in lists)

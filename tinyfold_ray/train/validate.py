@@ -200,9 +200,7 @@ def describe(records: list[dict[str, Any]], use_gpu: bool, where: str) -> Report
     lines.append(f"all-reduce: sum over {world} rank(s) {'correct' if ok_sum else 'WRONG'}")
     losses = first.get("losses")
     if losses:
-        lines.append(
-            f"DDP: {len(losses)} steps on {world} rank(s), loss {losses[0]:.3f} -> {losses[-1]:.3f}"
-        )
+        lines.append(f"DDP: {len(losses)} steps on {world} rank(s), loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     if world == 1:
         lines.append("bus bandwidth: n/a with one worker (nothing to all-reduce with)")
     for label in ("gradient", "large"):
@@ -248,8 +246,10 @@ def validate_setup(device: str = "auto", num_workers: int | None = None, *, verb
     if why is not None:
         ray_gpus = sum(n.get("GPU", 0.0) for n in nodes)
         return Report(
-            lines=[f"validate-setup: {num_workers} worker(s) on {where}; torch sees {local_gpus} GPU(s), "
-                   f"Ray {ray_gpus:g}"],
+            lines=[
+                f"validate-setup: {num_workers} worker(s) on {where}; torch sees {local_gpus} GPU(s), "
+                f"Ray {ray_gpus:g}"
+            ],
             problems=[f"cannot place the workers: {why}"],
         )
     try:
