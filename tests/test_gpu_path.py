@@ -87,3 +87,44 @@ def test_each_problem_is_one_line_naming_what_is_wrong():
     assert "rank 1: all-reduce summed to 5, expected 6" in text
     assert "ranks 0 and 1 on host-n1 both use GPU ordinal 0" in text and "HIP_VISIBLE_DEVICES=0" in text
     assert "DDP replicas differ" in text
+
+
+def _run(throughput):
+    return {
+        "throughput_samples_per_sec": throughput,
+        "step_time_median_s": 4 / throughput,
+        "peak_memory_bytes": 2**30,
+        "warmup_time_s": 30.0,
+    }
+
+
+def test_the_gpu_check_times_the_matrix_with_the_fastest_compile_mode_and_says_what_it_skipped():
+    from tinyfold_ray.bench.gpu import SKIPPED, fastest_mode, one_process_rows
+
+    runs = {
+        ("none", 4, "none"): _run(10.0),
+        ("bf16", 4, "default"): _run(30.0),
+        ("bf16", 4, "reduce-overhead"): _run(40.0),
+        ("none", 4, "reduce-overhead"): "failed: RuntimeError: boom",
+    }
+    assert fastest_mode(runs) == "reduce-overhead"
+    rows = {r.figure: r.value for r in one_process_rows(runs)}
+    assert len([f for f in rows if ", batch " in f]) == 9  # 8 cells, bf16 batch 4 in both modes
+    assert rows["one process, bf16, compile reduce-overhead (fastest), batch 4"].startswith("40.0 samples/s")
+    assert (
+        rows["one process, fp32, compile reduce-overhead (fastest), batch 4"] == "failed: RuntimeError: boom"
+    )
+    assert rows["one process, fp32, eager, batch 8"] == SKIPPED
+    assert fastest_mode({("bf16", 4, "default"): "timed out after 100 s"}) is None
+
+
+def test_the_gpu_check_refuses_a_machine_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinyfold_ray.bench", "gpu"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "torch sees no GPU here" in proc.stderr

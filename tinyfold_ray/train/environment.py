@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from tinyfold_ray.device import VISIBLE_DEVICE_VARS
+from tinyfold_ray.config import DEVICE_VISIBILITY_VARS
 
 FORWARDED_PREFIXES = ("NCCL_", "RCCL_", "TORCH_NCCL_", "GLOO_", "HSA_", "HIP_", "CUDA_", "MIOPEN_")
 # Device visibility is Ray's to set per worker: the driver's value would pin every worker of every
 # node to the driver's GPUs.
-NOT_FORWARDED = frozenset(VISIBLE_DEVICE_VARS)
+NOT_FORWARDED = frozenset(DEVICE_VISIBILITY_VARS)
 SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
 REDACTED = "<redacted>"
 
