@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,12 +130,12 @@ def gpu_backend() -> str:
     return "rocm" if torch.version.hip else "cuda"
 
 
-def eager_runs(budget: Budget, keep: float) -> dict:
-    return {
-        (amp, batch, "none"): one_process(amp, batch, "none", budget.allow(90, keep))
-        for amp in ("none", "bf16")
-        for batch in (4, 8)
-    }
+def eager_runs(runs: dict, budget: Budget, keep: float) -> None:
+    """Time the eager cells not yet timed (or skipped for time before)."""
+    for amp in ("none", "bf16"):
+        for batch in (4, 8):
+            if runs.get((amp, batch, "none"), SKIPPED) == SKIPPED:
+                runs[(amp, batch, "none")] = one_process(amp, batch, "none", budget.allow(90, keep))
 
 
 def compiled_runs(runs: dict, budget: Budget, keep: float, modes: tuple[str, ...]) -> str | None:
@@ -304,6 +305,21 @@ def format_table(rows: list[Row]) -> str:
     )
 
 
+def guarded(figure: str, work: Callable[[], list[Row]]) -> list[Row]:
+    """The rows of `work`, or one row saying how it broke: one broken part never costs the table."""
+    progress(figure)
+    try:
+        return work()
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        return [
+            Row(figure, f"failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}", "")
+        ]
+
+
+def progress(message: str) -> None:
+    print(f"bench gpu: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m tinyfold_ray.bench gpu", description=__doc__.splitlines()[0])
     p.add_argument("--budget-s", type=float, default=465.0, help="wall-clock budget of the whole check")
@@ -314,23 +330,31 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench gpu: torch sees no GPU here; run it on a GPU node", file=sys.stderr)
         return 2
+    print(f"machine: {describe_machine()}", flush=True)
     budget = Budget(args.budget_s)
     ray_note = ensure_ray()
     have_ray = not ray_note.startswith("missing")
     must = RESERVE["pytest"] + (RESERVE["ray"] + RESERVE["study"] if have_ray else 0)
     # Order of work: what every table needs first (eager, one compiled mode, Ray, the study, the tests),
     # then the rest of the compiled matrix in whatever time is left.
-    runs = eager_runs(budget, keep=must)
+    progress("one process, eager")
+    runs: dict = {}
+    eager_runs(runs, budget, keep=must)
+    progress("one process, compiled")
     compiled_runs(runs, budget, must, modes=COMPILE_CANDIDATES[:1])
     later: list[Row] = []
     if have_ray:
-        later += bench_ray_trial(budget, RESERVE["study"] + RESERVE["pytest"], runs[("none", 4, "none")])
-        later += bench_study(budget, RESERVE["pytest"])
+        keep = RESERVE["study"] + RESERVE["pytest"]
+        later += guarded(
+            "Ray Train, 1 worker", lambda: bench_ray_trial(budget, keep, runs[("none", 4, "none")])
+        )
+        later += guarded("one-GPU study", lambda: bench_study(budget, RESERVE["pytest"]))
     else:
         later.append(Row("Ray Train rows and study", f"skipped: Ray {ray_note}", ""))
-    later += bench_pytest(budget)
+    later += guarded("pytest -m gpu", lambda: bench_pytest(budget))
+    progress("one process, what did not fit before")
+    eager_runs(runs, budget, keep=0.0)
     compiled_runs(runs, budget, 0.0, modes=COMPILE_CANDIDATES)
-    print(f"machine: {describe_machine()}")
     print(f"ray: {ray_note}; whole check {time.monotonic() - start:.0f} s of a {args.budget_s:.0f} s budget")
     print(format_table([*one_process_rows(runs), *later]))
     return 0
