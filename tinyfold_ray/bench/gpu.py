@@ -37,6 +37,8 @@ SKIPPED = "skipped: time budget"
 # and the same as a study's `model:` mapping).
 MODEL_FLAGS: list[str] = []
 STUDY_MODEL: dict[str, int] = {}
+STUDY_SWEEP = {"num_workers": [1], "batch_per_worker": [4, 8], "amp": ["none", "bf16"]}
+STUDY_REPEATS = 2
 # Seconds kept back, while earlier rows run, for the rows that must appear whatever else happens.
 RESERVE = {"ray": 45, "study": 120, "pytest": 150}
 
@@ -113,14 +115,20 @@ def one_process(amp: str, batch: int, compile_mode: str, timeout: float) -> dict
         return json.loads(out.read_text())
 
 
+def gib(num_bytes) -> str:
+    """'1.23 GiB', or 'n/a' where the device keeps no such count (CPU) or it is missing."""
+    import pandas as pd
+
+    return "n/a" if num_bytes is None or pd.isna(num_bytes) else f"{num_bytes / 2**30:.2f} GiB"
+
+
 def describe_run(result: dict | str) -> str:
     if isinstance(result, str):
         return result
-    memory = result["peak_memory_bytes"]
-    memory_text = f"{memory / 2**30:.2f} GiB peak" if memory is not None else "peak n/a"
     return (
         f"{result['throughput_samples_per_sec']:.1f} samples/s (median step "
-        f"{result['step_time_median_s'] * 1e3:.1f} ms, {memory_text}, warm-up {result['warmup_time_s']:.0f} s)"
+        f"{result['step_time_median_s'] * 1e3:.1f} ms, {gib(result['peak_memory_bytes'])} peak, "
+        f"warm-up {result['warmup_time_s']:.0f} s)"
     )
 
 
@@ -207,8 +215,8 @@ def bench_ray_trial(budget: Budget, keep: float, single: dict | str) -> list[Row
     rows = [
         Row(
             "Ray Train, 1 worker",
-            f"{throughput:.1f} samples/s ({row['device_name']}, peak "
-            f"{(row['peak_memory_bytes'] or 0) / 2**30:.2f} GiB, fixed cost {row['overhead_s']:.1f} s)",
+            f"{throughput:.1f} samples/s ({row['device_name']}, {gib(row['peak_memory_bytes'])} peak, "
+            f"fixed cost {row['overhead_s']:.1f} s)",
             settings + f"; whole command {seconds:.0f} s",
         )
     ]
@@ -219,17 +227,17 @@ def bench_ray_trial(budget: Budget, keep: float, single: dict | str) -> list[Row
 
 
 def bench_study(budget: Budget, keep: float) -> list[Row]:
-    settings = f"1 GPU, default size, {STEPS} steps, 2 repeats, {gpu_backend()}"
+    settings = f"1 GPU, default size, {STEPS} steps, {STUDY_REPEATS} repeats, {gpu_backend()}"
     timeout = budget.allow(200, keep)
     if timeout < 60:
         return [Row("one-GPU study", SKIPPED, settings)]
     study = {
         "name": "gpu-check",
-        "repeats": 2,
+        "repeats": STUDY_REPEATS,
         "resources": {"device": gpu_backend(), "cpus_per_worker": 2},
         "model": STUDY_MODEL,
         "train": {"num_steps": STEPS, "warmup_steps": WARMUP},
-        "sweep": {"num_workers": [1], "batch_per_worker": [4, 8], "amp": ["none", "bf16"]},
+        "sweep": STUDY_SWEEP,
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gpu-check.yaml"
@@ -266,8 +274,8 @@ def bench_study(budget: Budget, keep: float) -> list[Row]:
         rows.append(
             Row(
                 f"  study batch {point['batch_per_worker']}, amp {point['amp']}",
-                f"{point['throughput_samples_per_sec_mean']:.1f} +- {0.0 if std != std else std:.1f} samples/s "
-                f"(n={point['n']}, peak {(peak or 0) / 2**30:.2f} GiB)",
+                f"{point['throughput_samples_per_sec_mean']:.1f}{'' if std != std else f' +- {std:.1f}'} samples/s "
+                f"(n={point['n']}, {gib(peak)} peak)",
                 point["note"] or "",
             )
         )
