@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,11 @@ from tinyfold_ray.errors import ConfigError
 
 AMP_MODES = ("none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "rocm")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# torch.compile modes that capture CUDA graphs: recorded on a compiled function's second call and
+# replayed from its third, so their warm-up needs that many untimed steps.
+CUDAGRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+CUDAGRAPH_WARMUP_STEPS = 3
 ATTENTION_KERNELS = ("eager", "sdpa")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 SCALING_MODES = ("weak", "strong")
@@ -206,7 +211,7 @@ class TrainConfig:
     fused_optimizer: bool | None = None
     """Fused AdamW; None = where the device supports it (CUDA / ROCm)."""
     compile: str = "none"
-    """torch.compile mode; reduce-overhead uses CUDA graphs."""
+    """torch.compile mode; reduce-overhead and max-autotune capture CUDA graphs."""
     num_threads: int | None = None
     """torch intra-op threads (CPU runs); None leaves torch's default."""
 
@@ -218,6 +223,16 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _choice("amp", self.amp, AMP_MODES)
         _choice("compile", self.compile, COMPILE_MODES)
+        # A measured step must never contain a compilation: it has to land in the warm-up.
+        wanted = CUDAGRAPH_WARMUP_STEPS if self.compile in CUDAGRAPH_COMPILE_MODES else 1
+        _require(
+            self.compile == "none" or self.warmup_steps >= wanted,
+            "warmup_steps",
+            self.warmup_steps,
+            f"compile={self.compile} needs >= {wanted} untimed warm-up step(s): "
+            + ("compilation and CUDA-graph capture" if wanted > 1 else "compilation")
+            + " must not land in a timed step",
+        )
         if self.num_threads is not None:
             _positive_ints(self, "num_threads")
 
@@ -236,6 +251,24 @@ class DDPConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         _require(self.bucket_cap_mb > 0, "bucket_cap_mb", self.bucket_cap_mb, "must be > 0")
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Ray chooses each worker's GPU through these; a fixed value would give every worker the same one.
+DEVICE_VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+
+
+def check_env(env: dict[str, str]) -> None:
+    """Worker environment variables: valid names with string values, never device visibility."""
+    for name, value in env.items():
+        _require(isinstance(name, str) and bool(ENV_NAME.match(name)), "env", name, "not a variable name")
+        _require(isinstance(value, str), f"env.{name}", value, "must be a string")
+        _require(
+            name not in DEVICE_VISIBILITY_VARS,
+            f"env.{name}",
+            value,
+            "Ray sets device visibility per worker; choose GPUs with resources instead",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,6 +300,8 @@ class TrialSpec:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables set on every worker (the study file's `env:`), over the forwarded ones."""
     fail_on_rank: int | None = None
     """Testing aid: this rank raises after its warm-up (checks that failures become data)."""
 
@@ -286,6 +321,16 @@ class TrialSpec:
         _require(self.start_timeout_s > 0, "start_timeout_s", self.start_timeout_s, "must be > 0")
         if self.comm_backend is not None:
             _choice("comm_backend", self.comm_backend, ("nccl", "gloo"))
+        # DDP all-reduces gradients in autograd hooks outside the captured graphs, into bucket views
+        # that alias gradient memory the graphs' replays overwrite: not a combination to time.
+        _require(
+            self.num_workers == 1 or self.train.compile not in CUDAGRAPH_COMPILE_MODES,
+            "compile",
+            self.train.compile,
+            f"captures CUDA graphs, which this DDP training ({self.num_workers} workers) does not support; "
+            "use compile=default or max-autotune-no-cudagraphs",
+        )
+        check_env(self.env)
 
     @property
     def global_batch(self) -> int:

@@ -128,6 +128,7 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "cuda_version": _STR,
     "hip_version": _STR,
     "git_commit": _STR,
+    "env_vars": _STR,  # JSON object: collective/GPU-runtime variables the workers got (secrets redacted)
 }
 
 STEP_COLUMNS: dict[str, pa.DataType] = {
@@ -144,6 +145,7 @@ STEP_COLUMNS: dict[str, pa.DataType] = {
     "step": _INT,  # 0-based index among the measured steps
     "step_time_s": _FLOAT,
     "loss": _FLOAT,
+    "peak_memory_bytes": _INT,  # this rank's peak device memory over the measured steps (null on CPU)
 }
 
 TRIAL_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()))

@@ -23,6 +23,7 @@ from tinyfold_ray.config import (
     ModelConfig,
     TrainConfig,
     TrialSpec,
+    check_env,
     check_value,
     kind_of,
 )
@@ -56,7 +57,7 @@ TOP_LEVEL = {
     "repeats": int,
     "max_concurrent_trials": int,
 }
-TOP_LEVEL_KEYS = (*TOP_LEVEL, "resources", *SECTIONS, "sweep")
+TOP_LEVEL_KEYS = (*TOP_LEVEL, "resources", "env", *SECTIONS, "sweep")
 MAX_REPEATS = 1000
 MAX_TRIALS = 10_000
 """Trials one study may have (repeats x every sweep combination), checked before anything expands."""
@@ -76,6 +77,8 @@ class StudySpec:
     placement: str = "PACK"
     extra_resources: dict[str, float] = field(default_factory=dict)
     start_timeout_s: float = 120.0
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables for every worker of every trial."""
     fixed: dict[str, Any] = field(default_factory=dict)
     """Non-swept model/train/ddp settings, by field name."""
     sweep: dict[str, list[Any]] = field(default_factory=dict)
@@ -112,6 +115,7 @@ def resolve(
         resources_per_worker=dict(spec.extra_resources),
         placement_strategy=settings.get("placement_strategy", spec.placement),
         start_timeout_s=spec.start_timeout_s,
+        env=dict(spec.env),
         **{name: cls(**sections[name]) for name, cls in SECTIONS.items()},
     )
 
@@ -208,6 +212,8 @@ def parse_study(raw: Any, source: str = "<study>") -> StudySpec:
         if key in top and not 1 <= top[key] <= upper:
             s.fail(key, f"must be between 1 and {upper}, got {top[key]}")
     top.update(_resources(s, raw.get("resources", {})))
+    if "env" in raw:
+        top["env"] = _env(s, raw["env"])
     fixed = _fixed(s, raw)
     sweep = _sweep(s, raw.get("sweep"), fixed, top.get("scaling", "weak"))
     for axis in SWEEP_RESOURCES:
@@ -230,6 +236,20 @@ def _resources(s: _Study, raw: Any) -> dict[str, Any]:
         s.fail("resources.extra", "GPU is set by resources.device, not as an extra resource")
     names = {"placement_strategy": "placement", "resources_per_worker": "extra_resources"}
     return {names.get(k, k): getattr(checked, k) for k in values}
+
+
+def _env(s: _Study, raw: Any) -> dict[str, str]:
+    """Numbers and booleans as YAML reads them (NCCL_IB_DISABLE: 1, NCCL_DEBUG_SUBSYS: ALL) -> strings."""
+    env = s.mapping("env", raw)
+    for key, value in env.items():
+        if not isinstance(value, str | int | float):
+            s.fail(f"env.{key}", f"must be a string or a number, got {value!r} ({kind_of(value)})")
+    env = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in env.items()}
+    try:
+        check_env(env)
+    except ConfigError as e:
+        s.config_error(e, lambda head: head)
+    return env
 
 
 def _fixed(s: _Study, raw: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.results.schema import config_hash, config_values
 from tinyfold_ray.results.writer import write_trial
+from tinyfold_ray.train.environment import forwarded_env, recorded_env
 from tinyfold_ray.train.resources import alive_nodes, check_placement
 from tinyfold_ray.train.timing import step_stats
 
@@ -120,9 +121,15 @@ def make_trainer(spec: TrialSpec, use_gpu: bool, train_fn: Callable[[dict], Any]
             name=f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}",
             # No retries: a failed trial is a result, and a retry would time something else.
             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
-            worker_runtime_env={"env_vars": WORKER_ENV},
+            worker_runtime_env={"env_vars": {**worker_env(spec), **WORKER_ENV}},
         ),
     )
+
+
+def worker_env(spec: TrialSpec) -> dict[str, str]:
+    """The collective-library variables of this driver, then the study's `env:` over them: what every
+    worker of the trial gets on top of its node's own environment (and what the trial records)."""
+    return {**forwarded_env(os.environ), **spec.env}
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -171,6 +178,7 @@ def build_outcome(
         "end_time": ended,
         "wall_time_s": wall_time_s,
         "git_commit": git_commit,
+        "env_vars": recorded_env(worker_env(spec)),
     }
     if error or not records:
         return TrialOutcome(row=row, step_rows=[])
@@ -215,6 +223,7 @@ def build_outcome(
             "step": i,
             "step_time_s": t,
             "loss": loss,
+            "peak_memory_bytes": r["peak_memory_bytes"],
         }
         for r in records
         for i, (t, loss) in enumerate(zip(r["step_times_s"], r["losses"]))
