@@ -3,9 +3,12 @@
 from datetime import datetime, timezone
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from tinyfold_ray.results import writer
+from tinyfold_ray.results import load_results, writer
+from tinyfold_ray.results.schema import SCHEMA_VERSION
 from tinyfold_ray.results.writer import existing_trials, write_trial
 
 
@@ -30,9 +33,37 @@ def test_written_trials_read_back_with_plain_pandas(tmp_path):
     write_trial(str(tmp_path), "s", _row("b", "failed"), [])
     trials = pd.read_parquet(tmp_path / "s")
     assert sorted(trials.trial_id) == ["a", "b"]
-    assert trials.schema_version.eq(1).all()
-    assert existing_trials(str(tmp_path), "s") == {"a": "ok", "b": "failed"}
+    assert trials.schema_version.eq(SCHEMA_VERSION).all() and trials.attempt.eq(1).all()
+    assert {k: row["status"] for k, row in existing_trials(str(tmp_path), "s").items()} == {
+        "a": "ok",
+        "b": "failed",
+    }
     assert existing_trials(str(tmp_path), "other") == {}
+
+
+def test_a_rerun_keeps_every_earlier_attempt_and_the_study_reads_one_row_per_trial(tmp_path):
+    write_trial(str(tmp_path), "s", _row("a", "failed"), [])
+    write_trial(str(tmp_path), "s", _row("a", "failed"), [_step("a")])
+    write_trial(str(tmp_path), "s", _row("a"), [_step("a")])
+    latest = pd.read_parquet(tmp_path / "s")
+    assert list(zip(latest.trial_id, latest.attempt, latest.status)) == [("a", 3, "ok")]
+    older = pd.read_parquet(tmp_path / "s" / "_attempts").sort_values("attempt")
+    assert list(zip(older.attempt, older.status)) == [(1, "failed"), (2, "failed")]
+    assert list(pd.read_parquet(tmp_path / "s" / "_steps" / "_attempts").attempt) == [2]
+    everything = load_results(tmp_path / "s", attempts=True)
+    assert sorted(everything.attempt) == [1, 2, 3]
+    assert list(pd.read_parquet(tmp_path / "s" / "_steps").attempt) == [3]
+
+
+def test_a_schema_1_file_rerun_becomes_attempt_1(tmp_path):
+    (tmp_path / "s").mkdir()
+    pq.write_table(
+        pa.Table.from_pylist([{"study": "s", "trial_id": "a", "status": "failed"}]),
+        tmp_path / "s" / "a.parquet",
+    )
+    write_trial(str(tmp_path), "s", _row("a"), [])
+    assert pd.read_parquet(tmp_path / "s" / "_attempts" / "a.attempt1.parquet").status.tolist() == ["failed"]
+    assert pd.read_parquet(tmp_path / "s").attempt.tolist() == [2]
 
 
 def test_a_crash_between_write_and_rename_leaves_nothing_a_reader_picks_up(tmp_path, monkeypatch):
@@ -50,7 +81,7 @@ def test_a_crash_between_write_and_rename_leaves_nothing_a_reader_picks_up(tmp_p
     monkeypatch.undo()
 
     assert list(pd.read_parquet(tmp_path / "s").trial_id) == ["done"]
-    assert existing_trials(str(tmp_path), "s") == {"done": "ok"}
+    assert list(existing_trials(str(tmp_path), "s")) == ["done"]
     leftovers = [p.name for p in (tmp_path / "s").rglob("*") if p.is_file() and "half" in p.name]
     assert leftovers == []  # the temporary file was cleaned up too
 

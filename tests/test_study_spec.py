@@ -1,5 +1,6 @@
 """Study files: validation before anything starts, and sweep expansion. No Ray here."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,9 @@ import pytest
 import yaml
 
 from tinyfold_ray.errors import StudySpecError
+from tinyfold_ray.results.schema import config_hash, config_values
 from tinyfold_ray.study import expand, load_study, parse_study
+from tinyfold_ray.study.resume import changed_settings
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -40,19 +43,19 @@ MISTAKES = [
     (bad(colour="blue"), "colour: unknown key"),
     (bad(name=None), "name: missing"),
     (bad(name="../escape"), "name: '../escape' must be letters"),
-    (bad(repeats="three"), "repeats: must be an integer, got 'three'"),
-    (bad(repeats=0), "repeats: must be >= 1"),
-    (bad(scaling="linear"), "scaling: 'linear' is not one of weak, strong"),
+    (bad(repeats="three"), "repeats='three' is not allowed: must be an integer, got a string"),
+    (bad(repeats=0), "repeats: must be between 1 and 1000, got 0"),
+    (bad(scaling="linear"), "scaling='linear' is not allowed: choose one of weak, strong"),
     (bad(sweep__num_workers=[]), "sweep.num_workers: is empty"),
     (bad(sweep__heads=[1, 2]), "sweep.heads: unknown key"),
     (bad(sweep={"amp": ["none"]}), "sweep.num_workers: missing"),
-    (bad(sweep__amp=["none", "fp8"]), "amp='fp8' is not allowed"),
-    (bad(model__c_m="wide"), "model.c_m: must be an integer"),
+    (bad(sweep__amp=["none", "fp8"]), "sweep.amp='fp8' is not allowed"),
+    (bad(model__c_m="wide"), "model.c_m='wide' is not allowed: must be an integer"),
     (bad(model__depth=3), "model.depth: unknown key"),
-    (bad(model__c_m=30), "c_m=30 is not allowed: must be divisible by num_heads_msa"),
+    (bad(model__c_m=30), "model.c_m=30 is not allowed: must be divisible by num_heads_msa"),
     (bad(train__batch_size=4), "train.batch_size: set the batch with sweep.batch_per_worker"),
-    (bad(resources__device="tpu"), "resources.device: 'tpu' is not one of"),
-    (bad(resources__cpus_per_worker=0), "resources.cpus_per_worker: must be > 0"),
+    (bad(resources__device="tpu"), "resources.device='tpu' is not allowed: choose one of"),
+    (bad(resources__cpus_per_worker=0), "resources.cpus_per_worker=0.0 is not allowed: must be > 0"),
     (bad(scaling="strong"), "sweep.batch_per_worker: belongs to scaling: weak"),
     (
         bad(scaling="strong", sweep={"num_workers": [1, 2, 4], "global_batch": [6]}),
@@ -136,3 +139,159 @@ def test_any_model_or_ddp_setting_can_be_swept():
 def test_shipped_studies_are_valid(path):
     trials = expand(load_study(path))
     assert trials and all(t.study == path.stem for t in trials)
+
+
+# ------------------------------------------------------------------------------- strict study files
+
+DUPLICATES = {
+    "top": (
+        "name: a\nrepeats: 1\nsweep: {num_workers: [1]}\nrepeats: 2\n",
+        "line 4: repeats: duplicate key (first at line 2)",
+    ),
+    "section": (
+        "name: a\ntrain:\n  num_steps: 5\n  seed: 1\n  num_steps: 6\nsweep: {num_workers: [1]}\n",
+        "line 5: train.num_steps: duplicate key (first at line 3)",
+    ),
+    "sweep": (
+        "name: a\nsweep:\n  num_workers: [1]\n  amp: [none]\n  num_workers: [2]\n",
+        "line 5: sweep.num_workers: duplicate key (first at line 3)",
+    ),
+    "two train blocks": (
+        "name: a\ntrain: {seed: 1}\nsweep: {num_workers: [1]}\ntrain: {seed: 2}\n",
+        "line 4: train: duplicate key (first at line 2)",
+    ),
+}
+
+
+def _study_file(tmp_path, content: bytes | str):
+    path = tmp_path / "study.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+@pytest.mark.parametrize("name", DUPLICATES)
+def test_a_duplicated_key_at_any_level_names_the_key_and_both_lines(tmp_path, name):
+    text, message = DUPLICATES[name]
+    with pytest.raises(StudySpecError, match=re.escape(message)):
+        load_study(_study_file(tmp_path, text))
+
+
+UNREADABLE = {
+    "binary": (bytes(range(256)) * 4, "line 1: a NUL byte; a study file is YAML text"),
+    "NUL byte": (b"name: a\nsweep: {num_workers: [1]}\n\x00\n", "line 3: a NUL byte"),
+    "latin-1": ("name: caf\xe9\n".encode("latin-1"), "line 1: byte 0xe9 is not UTF-8"),
+    "control character": (b"name: a\n\x07\n", "line 2: not valid YAML: character #x0007"),
+    "syntax": (b"name: a\nsweep: {num_workers: [1, 2\n", "line 3: not valid YAML: expected ',' or ']'"),
+    "huge repeats": (
+        b"name: a\nrepeats: 1000000000000\nsweep: {num_workers: [1]}\n",
+        "repeats: must be between 1 and 1000",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", UNREADABLE)
+def test_unreadable_files_and_absurd_numbers_are_one_line(tmp_path, name):
+    content, message = UNREADABLE[name]
+    with pytest.raises(StudySpecError) as info:
+        load_study(_study_file(tmp_path, content))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_exits_2_with_one_line_for_each_kind_of_bad_file_before_ray(tmp_path):
+    cases = [DUPLICATES["sweep"], UNREADABLE["binary"], UNREADABLE["NUL byte"], UNREADABLE["huge repeats"]]
+    for i, (content, message) in enumerate(cases):
+        path = tmp_path / f"bad{i}.yaml"
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        proc = subprocess.run(
+            [sys.executable, "-m", "tinyfold_ray.study", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and message in proc.stderr and str(path) in proc.stderr
+        assert proc.stdout == ""  # nothing started
+
+
+RANGES = [
+    (
+        bad(train__seed=2**63),
+        "train.seed=9223372036854775808 is not allowed: must fit a 64-bit signed integer",
+    ),
+    (
+        bad(train__learning_rate=float("inf")),
+        "train.learning_rate=inf is not allowed: must be a finite number",
+    ),
+    (bad(train__learning_rate=-1e-3), "learning_rate=-0.001 is not allowed: must be > 0"),
+    (bad(sweep__num_workers=[1, 100000]), "sweep.num_workers=100000 is not allowed: must be <= 4096"),
+    (
+        bad(sweep={"num_workers": list(range(1, 101)), "seed": list(range(101))}),
+        "10100 combinations x 2 repeats = 20200 trials; a study has at most 10000",
+    ),
+    (bad(sweep__num_worker=[1]), "sweep.num_worker: unknown key; did you mean sweep.num_workers?"),
+    (bad(model__learning_rate=1e-3), "model.learning_rate: unknown key; did you mean train.learning_rate?"),
+    (bad(num_steps=5), "num_steps: unknown key; did you mean train.num_steps?"),
+    (bad(sweep__placement=["PACK"]), "did you mean sweep.placement_strategy?"),
+    (
+        bad(resources={}, sweep__cpus_per_worker=[0.5, 0]),
+        "sweep.cpus_per_worker=0.0 is not allowed: must be > 0",
+    ),
+    (bad(sweep__cpus_per_worker=[1, 2]), "sweep.cpus_per_worker: is also set as resources.cpus_per_worker"),
+]
+
+
+@pytest.mark.parametrize("study, message", RANGES, ids=[m for _, m in RANGES])
+def test_ranges_and_suggestions(study, message):
+    with pytest.raises(StudySpecError) as info:
+        parse_study(study, source="bad.yaml")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_exponent_floats_are_numbers(tmp_path):
+    text = "name: a\ntrain: {weight_decay: 1e-2}\nsweep: {num_workers: [1], learning_rate: [1e-3, 3e-4]}\n"
+    trials = expand(load_study(_study_file(tmp_path, text)))
+    assert [t.train.learning_rate for t in trials] == [1e-3, 3e-4] and trials[0].train.weight_decay == 0.01
+    assert trials[1].trial_id == "w1-learning_rate_0.0003-r0"
+
+
+def test_cpus_per_worker_and_placement_strategy_can_be_swept():
+    trials = expand(
+        parse_study(
+            bad(
+                resources={"device": "cpu"},
+                sweep={"num_workers": [2], "cpus_per_worker": [1, 0.5], "placement_strategy": ["SPREAD"]},
+            )
+        )
+    )
+    assert [(t.cpus_per_worker, t.placement_strategy) for t in trials[:2]] == [
+        (1.0, "SPREAD"),
+        (0.5, "SPREAD"),
+    ]
+    assert trials[0].trial_id == "w2-cpus_per_worker_1.0-placement_strategy_SPREAD-r0"
+
+
+def test_trial_ids_and_settings_do_not_depend_on_key_order(tmp_path):
+    forward = "name: a\nrepeats: 2\nsweep:\n  amp: [none, bf16]\n  num_workers: [1, 2]\n  seed: [1, 2]\n"
+    backward = "sweep:\n  seed: [1, 2]\n  num_workers: [1, 2]\n  amp: [none, bf16]\nrepeats: 2\nname: a\n"
+    one, two = (expand(load_study(_study_file(tmp_path, text))) for text in (forward, backward))
+    assert [t.trial_id for t in one] == [t.trial_id for t in two]
+    assert [config_hash(config_values(t)) for t in one] == [config_hash(config_values(t)) for t in two]
+    assert one[0].trial_id == "w1-amp_none-seed_1-r0"
+
+
+def test_config_hash_ignores_the_repeat_and_sees_every_setting():
+    trials = expand(parse_study(GOOD))
+    same = [t for t in trials if t.trial_id.startswith("w1-b2-amp_none-")]
+    assert len({config_hash(config_values(t)) for t in same}) == 1 and len(same) == 2
+    changed = parse_study(bad(model__c_opm=4))
+    assert config_hash(config_values(expand(changed)[0])) != config_hash(config_values(trials[0]))
+
+
+def test_resume_compares_only_the_settings_a_stored_row_records():
+    trial = expand(parse_study(GOOD))[0]
+    same = {**config_values(trial), "config_hash": "from-older-code"}  # e.g. a setting added since
+    assert changed_settings(same, trial) == []
+    schema_1 = {"c_m": 16, "amp": "none", "fused_optimizer": True}  # no hash, fewer columns
+    assert changed_settings(schema_1, trial) == []  # fused_optimizer: auto matches what ran
+    assert changed_settings({**schema_1, "c_m": 32}, trial) == ["c_m 32 -> 16"]
+    assert changed_settings({**same, "steps": 9}, trial) == ["num_steps 9 -> 5"]

@@ -120,10 +120,25 @@ def test_cli_bad_flags_give_one_line_and_exit_2(args, message):
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_validate_setup_reports_the_device():
-    proc = _cli("--validate-setup", "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr
-    assert "setup OK" in proc.stdout and "gloo" in proc.stdout
+def test_cli_validate_setup_runs_ray_train_workers_and_reports_each_rank():
+    proc = _cli("--validate-setup", "--device", "cpu", "--workers", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "2 Ray Train worker(s)" in out and "collectives gloo" in out
+    rank_rows = [line.split() for line in out.splitlines() if line[:2] in ("0 ", "1 ")]
+    assert [row[0] for row in rank_rows] == ["0", "1"]
+    assert "all-reduce: sum over 2 rank(s) correct" in out
+    assert "DDP: 3 steps on 2 rank(s)" in out
+    assert "bus bandwidth, gradient buffer (10.1 MiB)" in out and "bus bandwidth, large buffer" in out
+    assert out.rstrip().endswith("setup OK")
+
+
+@pytest.mark.slow  # starts Ray for one line; find_problems' lines are unit-tested in test_gpu_path.py
+def test_cli_validate_setup_exits_1_with_one_line_per_problem():
+    proc = _cli("--validate-setup", "--device", "cpu", "--workers", "64")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 1 and "cannot place the workers: 64 workers" in problems[0]
 
 
 def test_asking_for_a_gpu_that_is_not_there_is_a_user_error():

@@ -1,5 +1,7 @@
 """One trial on Ray Train with CPU workers (gloo)."""
 
+import json
+import os
 import time
 
 import pandas as pd
@@ -89,8 +91,16 @@ def test_ddp_averages_gradients_like_one_worker_with_the_whole_batch():
     assert not torch.allclose(init, single_params)
 
 
-def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_path):
-    spec = TrialSpec(study="unit", trial_id="w2", num_workers=2, model=SMALL_MODEL, train=SHORT_TRAINING)
+def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_path, monkeypatch):
+    monkeypatch.setenv("NCCL_DEBUG", "WARN")
+    spec = TrialSpec(
+        study="unit",
+        trial_id="w2",
+        num_workers=2,
+        model=SMALL_MODEL,
+        train=SHORT_TRAINING,
+        env={"GLOO_SOCKET_IFNAME": "lo"},
+    )
     outcome = run_trial(spec, str(tmp_path), git_commit="abc123")
     assert outcome.ok, outcome.row["error"]
 
@@ -103,6 +113,7 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_
     assert row.git_commit == "abc123" and row.torch_version == torch.__version__
     assert pd.isna(row.peak_memory_bytes)  # CPU: unknown, never 0
     assert row.overhead_s > 0 and row.allreduce_time_s > 0
+    assert json.loads(row.env_vars) == {"GLOO_SOCKET_IFNAME": "lo", "NCCL_DEBUG": "WARN"}
     for col in ("num_workers", "steps", "repeat"):
         assert trials[col].dtype == "int64"
     for col in ("throughput_samples_per_sec", "step_time_p95_s", "final_loss"):
@@ -112,6 +123,7 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_
     assert list(steps.columns) == list(STEP_COLUMNS)
     assert len(steps) == 2 * SHORT_TRAINING.num_steps
     assert sorted(steps.world_rank.unique()) == [0, 1]
+    assert steps.peak_memory_bytes.isna().all()  # per rank; CPU has no such counter
     # The trial's median step is the median over steps of the slowest rank.
     slowest = steps.groupby("step").step_time_s.max()
     assert row.step_time_median_s == pytest.approx(slowest.median())
@@ -149,3 +161,22 @@ def test_a_non_finite_loss_fails_the_trial(tmp_path):
     spec = TrialSpec(study="unit", trial_id="nan", num_workers=1, model=SMALL_MODEL, train=wild)
     outcome = run_trial(spec, str(tmp_path))
     assert not outcome.ok and "loss became" in outcome.row["error"], outcome.row["error"]
+
+
+ENV_PROBE = ("NCCL_SOCKET_IFNAME", "TF_STUDY_ONLY", "CUDA_VISIBLE_DEVICES")
+
+
+def _report_env(config):
+    return {name: os.environ.get(name) for name in ENV_PROBE}
+
+
+def test_the_drivers_collective_variables_and_the_study_env_reach_the_workers(monkeypatch):
+    from tinyfold_ray.train.trial import make_trainer
+
+    # Set after Ray started, so a worker can only have it through the runtime environment.
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "tf-test0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    spec = TrialSpec(study="unit", trial_id="env", env={"TF_STUDY_ONLY": "yes"})
+    seen = make_trainer(spec, False, train_fn=_report_env).fit().return_value
+    assert seen["NCCL_SOCKET_IFNAME"] == "tf-test0" and seen["TF_STUDY_ONLY"] == "yes"
+    assert seen["CUDA_VISIBLE_DEVICES"] != "7"

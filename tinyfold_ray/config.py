@@ -6,6 +6,11 @@ Each dataclass is frozen and keyword-only, and validates itself on construction,
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,30 +18,100 @@ from tinyfold_ray.errors import ConfigError
 
 AMP_MODES = ("none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "rocm")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# torch.compile modes that capture CUDA graphs: recorded on a compiled function's second call and
+# replayed from its third, so their warm-up needs that many untimed steps.
+CUDAGRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+CUDAGRAPH_WARMUP_STEPS = 3
 ATTENTION_KERNELS = ("eager", "sdpa")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 SCALING_MODES = ("weak", "strong")
 
 
+# Upper bounds that keep a typo from asking for the impossible (a study checks them before it expands).
+MAX_WORKERS = 4096
+INT64 = (-(2**63), 2**63 - 1)  # every integer setting is an int64 column of the trials table
+
+
 def _require(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:
-        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}", key=key)
 
 
 def _positive_ints(obj: Any, *names: str) -> None:
     for name in names:
-        value = getattr(obj, name)
-        _require(
-            isinstance(value, int) and not isinstance(value, bool) and value > 0,
-            name,
-            value,
-            "must be a positive integer",
-        )
+        _require(getattr(obj, name) > 0, name, getattr(obj, name), "must be a positive integer")
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     _require(value in choices, key, value, f"choose one of {', '.join(choices)}")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def kind_of(value: Any) -> str:
+    """How a message names a value's type: "a string", "a mapping", "null"."""
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+@functools.cache
+def _base(hint: Any) -> tuple[Any, bool]:
+    """(the hint without None, whether None is allowed)."""
+    args = typing.get_args(hint)
+    if type(None) in args and typing.get_origin(hint) is not dict:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def _is(value: Any, base: Any) -> bool:
+    if base is bool or base is str:
+        return isinstance(value, base)
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    return is_int or (base is float and isinstance(value, float))
+
+
+def check_value(key: str, value: Any, hint: Any) -> Any:
+    """`value` checked against a field's type hint; ints become floats where a float is wanted.
+
+    Knows the hints the settings use: int, float, bool, str, `X | None`, dict[str, float], and the
+    nested config dataclasses. Numbers must be finite and integers must fit an int64 column.
+    """
+    base, optional = _base(hint)
+    if value is None and optional:
+        return None
+    if typing.get_origin(base) is dict:
+        if not isinstance(value, dict):
+            _require(False, key, value, f"must be a mapping, got {kind_of(value)}")
+        return {str(k): check_value(f"{key}.{k}", v, typing.get_args(base)[1]) for k, v in value.items()}
+    if dataclasses.is_dataclass(base):
+        _require(isinstance(value, base), key, value, f"must be a {base.__name__}")
+        return value
+    if not _is(value, base):
+        allowed = f"must be {_TYPE_NAMES[base]}{' or null' if optional else ''}, got {kind_of(value)}"
+        _require(False, key, value, allowed)
+    if base is float:
+        value = float(value)
+        _require(math.isfinite(value), key, value, "must be a finite number")
+    elif base is int:
+        _require(INT64[0] <= value <= INT64[1], key, value, "must fit a 64-bit signed integer")
+    return value
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_types(obj: Any) -> None:
+    """Check every field against its type hint (frozen: a coerced value is set through object)."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        checked = check_value(f.name, value, hints[f.name])
+        if checked is not value:
+            object.__setattr__(obj, f.name, checked)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +148,7 @@ class ModelConfig:
     """Attention kernel: eager (matmul + softmax, the reference) or sdpa (torch's fused kernel)."""
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _positive_ints(
             self,
             "vocab_size",
@@ -135,22 +211,28 @@ class TrainConfig:
     fused_optimizer: bool | None = None
     """Fused AdamW; None = where the device supports it (CUDA / ROCm)."""
     compile: str = "none"
-    """torch.compile mode; reduce-overhead uses CUDA graphs."""
+    """torch.compile mode; reduce-overhead and max-autotune capture CUDA graphs."""
     num_threads: int | None = None
     """torch intra-op threads (CPU runs); None leaves torch's default."""
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _positive_ints(self, "batch_size", "num_steps")
-        _require(
-            isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
-            "warmup_steps",
-            self.warmup_steps,
-            "must be an integer >= 0",
-        )
+        _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be an integer >= 0")
         _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _choice("amp", self.amp, AMP_MODES)
         _choice("compile", self.compile, COMPILE_MODES)
+        # A measured step must never contain a compilation: it has to land in the warm-up.
+        wanted = CUDAGRAPH_WARMUP_STEPS if self.compile in CUDAGRAPH_COMPILE_MODES else 1
+        _require(
+            self.compile == "none" or self.warmup_steps >= wanted,
+            "warmup_steps",
+            self.warmup_steps,
+            f"compile={self.compile} needs >= {wanted} untimed warm-up step(s): "
+            + ("compilation and CUDA-graph capture" if wanted > 1 else "compilation")
+            + " must not land in a timed step",
+        )
         if self.num_threads is not None:
             _positive_ints(self, "num_threads")
 
@@ -167,7 +249,26 @@ class DDPConfig:
     """Tell DDP the graph never changes between steps."""
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _require(self.bucket_cap_mb > 0, "bucket_cap_mb", self.bucket_cap_mb, "must be > 0")
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Ray chooses each worker's GPU through these; a fixed value would give every worker the same one.
+DEVICE_VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+
+
+def check_env(env: dict[str, str]) -> None:
+    """Worker environment variables: valid names with string values, never device visibility."""
+    for name, value in env.items():
+        _require(isinstance(name, str) and bool(ENV_NAME.match(name)), "env", name, "not a variable name")
+        _require(isinstance(value, str), f"env.{name}", value, "must be a string")
+        _require(
+            name not in DEVICE_VISIBILITY_VARS,
+            f"env.{name}",
+            value,
+            "Ray sets device visibility per worker; choose GPUs with resources instead",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,11 +300,20 @@ class TrialSpec:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables set on every worker (the study file's `env:`), over the forwarded ones."""
     fail_on_rank: int | None = None
     """Testing aid: this rank raises after its warm-up (checks that failures become data)."""
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _positive_ints(self, "num_workers")
+        _require(self.repeat >= 0, "repeat", self.repeat, "must be >= 0")
+        _require(
+            self.num_workers <= MAX_WORKERS, "num_workers", self.num_workers, f"must be <= {MAX_WORKERS}"
+        )
+        for name, amount in self.resources_per_worker.items():
+            _require(amount >= 0, f"resources_per_worker.{name}", amount, "must be >= 0")
         _choice("scaling", self.scaling, SCALING_MODES)
         _choice("device", self.device, DEVICES)
         _choice("placement_strategy", self.placement_strategy, PLACEMENT_STRATEGIES)
@@ -211,6 +321,16 @@ class TrialSpec:
         _require(self.start_timeout_s > 0, "start_timeout_s", self.start_timeout_s, "must be > 0")
         if self.comm_backend is not None:
             _choice("comm_backend", self.comm_backend, ("nccl", "gloo"))
+        # DDP all-reduces gradients in autograd hooks outside the captured graphs, into bucket views
+        # that alias gradient memory the graphs' replays overwrite: not a combination to time.
+        _require(
+            self.num_workers == 1 or self.train.compile not in CUDAGRAPH_COMPILE_MODES,
+            "compile",
+            self.train.compile,
+            f"captures CUDA graphs, which this DDP training ({self.num_workers} workers) does not support; "
+            "use compile=default or max-autotune-no-cudagraphs",
+        )
+        check_env(self.env)
 
     @property
     def global_batch(self) -> int:

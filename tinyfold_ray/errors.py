@@ -6,7 +6,15 @@ class TinyFoldError(Exception):
 
 
 class ConfigError(TinyFoldError, ValueError):
-    """A setting has a value that is not allowed (the message names the key and what is allowed)."""
+    """A setting has a value that is not allowed (the message names the key and what is allowed).
+
+    `key` is the setting's name when the error is about one setting (the message then starts with
+    "key="), so a caller that knows where the setting came from can name its full path.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class StudySpecError(ConfigError):

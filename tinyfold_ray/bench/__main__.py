@@ -1,4 +1,6 @@
-"""`python -m tinyfold_ray.bench [all|step|trial|scaling]`: print one table of measured figures.
+"""`python -m tinyfold_ray.bench [all|step|trial|scaling|gpu]`: print one table of measured figures.
+
+`gpu` is the one-GPU check (tinyfold_ray/bench/gpu.py); the others are measured on any machine.
 
 Each row: figure, target, value, settings; the machine line heads the table. Nothing here asserts.
 """
@@ -322,6 +324,11 @@ def format_rows(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu"]:  # the one-GPU check has flags of its own
+        from tinyfold_ray.bench.gpu import main as gpu_main
+
+        return gpu_main(argv[1:])
     args = build_parser().parse_args(argv)
     print(f"machine: {describe_machine()}", flush=True)
     names = list(BENCHES) if args.which == "all" else [args.which]

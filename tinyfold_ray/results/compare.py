@@ -1,8 +1,8 @@
 """Two studies side by side on matching configurations (MI300X vs H100, before vs after a change).
 
-Pure pandas: works on two `summarize` results. Rows match on the group settings (`SETTING_COLUMNS`;
-the study, backend and device are what is being compared) plus num_workers and num_nodes; ratios are
-B / A.
+Pure pandas: works on two `summarize` results. Rows match on the settings (`SETTING_COLUMNS` but the
+requested device and extra resources: the study, backend and device are what is being compared) plus
+num_workers and num_nodes; ratios are B / A.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from tinyfold_ray.results.summary import (
 __all__ = ["compare", "format_compare", "format_compare_markdown"]
 
 _VALUES = ("study", "device_name", "n", f"{THROUGHPUT}_mean", "efficiency", "note")
+# Settings that name the hardware (device: rocm vs cuda; extra: an accelerator type): never matched on.
+_HARDWARE = ("device", "extra_resources")
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, *, ignore: Iterable[str] = ()) -> pd.DataFrame:
@@ -41,7 +43,7 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, *, ignore: Iterable[str] = ()) -> 
     unknown = ignore - set(SETTING_COLUMNS)
     if unknown:
         raise ConfigError(f"cannot ignore {', '.join(sorted(unknown))}: not a setting column")
-    settings = [c for c in SETTING_COLUMNS if c in a.columns and c in b.columns]
+    settings = [c for c in SETTING_COLUMNS if c in a.columns and c in b.columns and c not in _HARDWARE]
     keys = [c for c in settings if c not in ignore] + ["num_workers", "num_nodes"]
     for name, side in (("A", a), ("B", b)):
         absent = [c for c in (*keys, *_VALUES) if c not in side.columns]

@@ -16,19 +16,21 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tinyfold_ray.errors import ConfigError
-from tinyfold_ray.results.schema import STEP_SCHEMA, STEPS_DIR, TRIAL_SCHEMA
+from tinyfold_ray.results.schema import ATTEMPTS_DIR, STEP_SCHEMA, STEPS_DIR, TRIAL_SCHEMA
 from tinyfold_ray.results.storage import parquet_files, resolve, visible_entries
 
 __all__ = ["load_results"]
 
 
-def load_results(path: str | os.PathLike, steps: bool = False) -> pd.DataFrame:
+def load_results(path: str | os.PathLike, steps: bool = False, attempts: bool = False) -> pd.DataFrame:
     """Load the trials table (or, with ``steps=True``, the steps table) of one study or of several.
 
     ``path`` is a study directory (``<output>/<study>/`` with ``<trial_id>.parquet`` files in it and
     the steps in ``_steps/``) or an output root whose subdirectories are studies; a local path or a
     pyarrow-filesystem URI. Columns follow `schema.TRIAL_SCHEMA` / `schema.STEP_SCHEMA`; a column that
     an older schema version lacks is filled with nulls, columns the schema does not know are kept.
+    With ``attempts=True`` the earlier attempts of rerun trials (kept in ``_attempts/``) are included
+    too; the ``attempt`` column tells them apart (`summarize` uses the latest of each trial).
     Raises `ConfigError` when the path does not exist or holds no results.
     """
     location = os.fspath(path)
@@ -46,14 +48,17 @@ def load_results(path: str | os.PathLike, steps: bool = False) -> pd.DataFrame:
             "or study directories holding them"
         )
     if steps:
-        files = [f for d in study_dirs for f in parquet_files(fs, posixpath.join(d, STEPS_DIR))]
+        study_dirs = [posixpath.join(d, STEPS_DIR) for d in study_dirs]
+    if attempts:
+        study_dirs = [*study_dirs, *(posixpath.join(d, ATTEMPTS_DIR) for d in study_dirs)]
+    files = [f for d in study_dirs for f in parquet_files(fs, d)]
+    if steps:
         if not files:
             raise ConfigError(f"no step tables in {location!r}: expected {STEPS_DIR}/*.parquet")
-        sort_by = ["study", "trial_id", "world_rank", "step"]
+        sort_by = ["study", "trial_id", "attempt", "world_rank", "step"]
         schema = STEP_SCHEMA
     else:
-        files = [f for d in study_dirs for f in parquet_files(fs, d)]
-        sort_by = ["study", "num_workers", "repeat", "trial_id"]
+        sort_by = ["study", "num_workers", "repeat", "trial_id", "attempt"]
         schema = TRIAL_SCHEMA
 
     table = pa.concat_tables([_read_conformed(fs, f, schema) for f in files], promote_options="permissive")

@@ -1,50 +1,94 @@
 """The result contract: column names and Arrow types of the trials and steps tables.
 
-Pure pyarrow: the summary and any user analysis read these files without torch or Ray.
+Pure pyarrow and the config dataclasses: the summary and any user analysis read these files without
+torch or Ray.
 Layout of one study's results (``pd.read_parquet(study_dir)`` reads the trials table directly,
 because pyarrow skips paths that start with ``_`` or ``.``)::
 
     <output>/<study>/<trial_id>.parquet          one row per trial
     <output>/<study>/_steps/<trial_id>.parquet   one row per (trial, rank, measured step)
+    <output>/<study>/_attempts/<trial_id>.attempt<k>.parquet        earlier attempts of a trial
+    <output>/<study>/_steps/_attempts/<trial_id>.attempt<k>.parquet their steps
     <output>/<study>/_summary/                   summary tables and plots
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import typing
+from typing import Any
+
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+from tinyfold_ray.config import DDPConfig, ModelConfig, TrainConfig, TrialSpec
+
+SCHEMA_VERSION = 2
+"""2: every resolved setting is a column, plus config_hash and attempt (1: a hand-kept subset)."""
 
 STEPS_DIR = "_steps"
 SUMMARY_DIR = "_summary"
+ATTEMPTS_DIR = "_attempts"
 
 _STR = pa.string()
 _INT = pa.int64()
 _FLOAT = pa.float64()
 _BOOL = pa.bool_()
 _TIME = pa.timestamp("us", tz="UTC")
+_ARROW = {str: _STR, int: _INT, float: _FLOAT, bool: _BOOL}
 
-# Settings a study may sweep; the summary groups trials by every one of them except the worker count
-# (and, by scaling mode, except the batch that changes with it).
-SETTING_COLUMNS: dict[str, pa.DataType] = {
-    "scaling": _STR,
-    "batch_per_worker": _INT,
-    "global_batch": _INT,
-    "amp": _STR,
-    "compile": _STR,
-    "attention": _STR,
-    "fused_optimizer": _BOOL,
-    "c_m": _INT,
-    "c_z": _INT,
-    "num_blocks": _INT,
-    "num_seqs": _INT,
-    "seq_len": _INT,
-    "bucket_cap_mb": _FLOAT,
-    "gradient_as_bucket_view": _BOOL,
-    "static_graph": _BOOL,
-    "cpus_per_worker": _FLOAT,
-    "placement_strategy": _STR,
-}
+# Settings whose column names differ from their config field (kept from schema version 1).
+RENAMED = {"batch_size": "batch_per_worker", "num_steps": "steps"}
+# TrialSpec fields recorded as settings; the rest (names, timeouts, test aids) do not change a result.
+_TRIAL_SETTINGS = ("scaling", "num_workers", "device", "cpus_per_worker", "placement_strategy")
+
+
+def _arrow_type(hint: Any) -> pa.DataType:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return _ARROW[args[0] if args else hint]
+
+
+def _config_columns() -> dict[str, pa.DataType]:
+    trial_hints = typing.get_type_hints(TrialSpec)
+    columns = {name: _arrow_type(trial_hints[name]) for name in _TRIAL_SETTINGS}
+    columns["global_batch"] = _INT
+    columns["extra_resources"] = _STR  # JSON of resources_per_worker, keys sorted ("{}" when none)
+    for cls in (ModelConfig, TrainConfig, DDPConfig):
+        hints = typing.get_type_hints(cls)
+        columns.update(
+            {RENAMED.get(f.name, f.name): _arrow_type(hints[f.name]) for f in dataclasses.fields(cls)}
+        )
+    return columns
+
+
+CONFIG_COLUMNS: dict[str, pa.DataType] = _config_columns()
+"""Every resolved setting of a trial, derived from the config dataclasses (a new field is a new column)."""
+SETTING_COLUMNS: dict[str, pa.DataType] = {k: v for k, v in CONFIG_COLUMNS.items() if k != "num_workers"}
+"""The settings besides the worker count: what tells two scaling curves apart."""
+# fused_optimizer's column records what the trial used (None asks for "where the device supports it");
+# config_hash covers the request.
+RESOLVED_AT_RUN = ("fused_optimizer",)
+
+
+def config_values(spec: TrialSpec) -> dict[str, Any]:
+    """The CONFIG_COLUMNS values of a trial, as requested (before anything is resolved on a device)."""
+    values: dict[str, Any] = {name: getattr(spec, name) for name in _TRIAL_SETTINGS}
+    values["global_batch"] = spec.global_batch
+    values["extra_resources"] = json.dumps(spec.resources_per_worker, sort_keys=True)
+    for section in (spec.model, spec.train, spec.ddp):
+        values.update(
+            {RENAMED.get(f.name, f.name): getattr(section, f.name) for f in dataclasses.fields(section)}
+        )
+    assert values.keys() == CONFIG_COLUMNS.keys()
+    return values
+
+
+def config_hash(values: dict[str, Any]) -> str:
+    """A stable digest of `config_values` (no names or repeat index): equal hashes, equal settings."""
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
 
 TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "schema_version": _INT,
@@ -57,14 +101,13 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "num_gpus": _INT,  # workers holding a GPU (0 on CPU); TinyOpenFold's summary.csv name
     "num_nodes": _INT,  # distinct Ray node ids among the workers
     "workers_per_node": _INT,  # the most workers on one node
+    "attempt": _INT,  # 1 for a trial's first run; older attempts are kept under _attempts/
     **SETTING_COLUMNS,
+    "config_hash": _STR,  # config_hash(config_values(trial))
     "backend": _STR,  # cuda | rocm | cpu (a property of the machine, so not a group key)
     "comm_backend": _STR,  # nccl | rccl | gloo
     "device_name": _STR,
     "num_params": _INT,
-    "steps": _INT,  # measured steps
-    "warmup_steps": _INT,
-    "seed": _INT,
     "throughput_samples_per_sec": _FLOAT,  # global batch / median step time; TinyOpenFold's name
     "throughput_mean_samples_per_sec": _FLOAT,  # global batch / mean step time
     "step_time_median_s": _FLOAT,  # a step's time is the slowest rank's time for that step
@@ -85,6 +128,7 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "cuda_version": _STR,
     "hip_version": _STR,
     "git_commit": _STR,
+    "env_vars": _STR,  # JSON object: collective/GPU-runtime variables the workers got (secrets redacted)
 }
 
 STEP_COLUMNS: dict[str, pa.DataType] = {
@@ -92,6 +136,7 @@ STEP_COLUMNS: dict[str, pa.DataType] = {
     "study": _STR,
     "trial_id": _STR,
     "repeat": _INT,
+    "attempt": _INT,
     "world_rank": _INT,
     "local_rank": _INT,
     "node_id": _STR,
@@ -100,6 +145,7 @@ STEP_COLUMNS: dict[str, pa.DataType] = {
     "step": _INT,  # 0-based index among the measured steps
     "step_time_s": _FLOAT,
     "loss": _FLOAT,
+    "peak_memory_bytes": _INT,  # this rank's peak device memory over the measured steps (null on CPU)
 }
 
 TRIAL_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()))

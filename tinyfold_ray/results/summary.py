@@ -1,8 +1,9 @@
 """Speedup, efficiency and noise per scaling group, from the trials table (pure pandas: no torch, no Ray).
 
-A group is one study and one value of every swept setting (`schema.SETTING_COLUMNS`) except the worker
-count; for strong scaling the per-worker batch is not a group key (it shrinks as workers grow, the global
-batch is fixed), for weak scaling the global batch is not. Within a group the baseline is the smallest
+A group is one study and one value of every setting column (`schema.SETTING_COLUMNS`: every resolved
+setting but the worker count) that varies within that study; for strong scaling the per-worker batch
+is not a group key (it shrinks as workers grow, the global batch is fixed), for weak scaling the global
+batch is not. Only the latest attempt of each trial counts. Within a group the baseline is the smallest
 worker count, and (DESIGN.md, the same formula for weak and strong scaling)::
 
     speedup    = mean throughput(N) / mean throughput(N_baseline)
@@ -90,12 +91,17 @@ def summarize(
     if not cv_threshold > 0:
         raise ConfigError(f"cv_threshold={cv_threshold!r} is not allowed: must be a positive fraction")
 
-    work = df.copy()
+    work = latest_attempts(df)
     if "study" not in work.columns:
         work["study"] = ""
     status_ok = work["status"].eq("ok") if "status" in work.columns else pd.Series(True, index=work.index)
     work["_ok"] = status_ok.fillna(False).astype(bool) & work[THROUGHPUT].notna()
-    key_cols = ["study", *(c for c in SETTING_COLUMNS if c in work.columns)]
+    setting_cols = [c for c in SETTING_COLUMNS if c in work.columns]
+    keys = _group_keys(work, ["study", *setting_cols])
+    # Group by every setting that varies within a study, and by nothing else: a new setting is a new
+    # column, so it can never be averaged over by mistake, and a constant one never splits a group.
+    varying = keys.groupby("study", dropna=False)[setting_cols].nunique(dropna=True).gt(1).any()
+    key_cols = ["study", *(c for c in setting_cols if varying[c])]
     try:
         work = work.sort_values([*key_cols, "num_workers"], na_position="last", kind="stable")
     except TypeError:  # a hand-built frame with mixed types in a column: keep its order
@@ -113,9 +119,19 @@ def summarize(
         records.extend((key, p) for p in points)
     labels = _group_labels([k for k, _ in records], key_cols)
     out = pd.DataFrame(
-        [_row(key, p, key_cols, label) for (key, p), label in zip(records, labels, strict=True)]
+        [_row(key, p, setting_cols, label) for (key, p), label in zip(records, labels, strict=True)]
     )
-    return _typed(out, df, key_cols)
+    return _typed(out, df, ["study", *setting_cols])
+
+
+def latest_attempts(trials: pd.DataFrame) -> pd.DataFrame:
+    """Only the latest attempt of each trial (a frame loaded with attempts=True holds them all)."""
+    if "attempt" not in trials.columns or "trial_id" not in trials.columns:
+        return trials.copy()
+    attempt = trials["attempt"].fillna(1)  # schema-1 rows: their trial's only attempt
+    study = trials["study"] if "study" in trials.columns else pd.Series("", index=trials.index)
+    latest = attempt.groupby([study, trials["trial_id"]], dropna=False).transform("max")
+    return trials[attempt.eq(latest)].copy()
 
 
 def _group_keys(work: pd.DataFrame, key_cols: list[str]) -> pd.DataFrame:
@@ -293,7 +309,7 @@ def _group_labels(keys: list[pd.Series], key_cols: list[str]) -> list[str]:
     frame = pd.DataFrame([k.tolist() for k in keys], columns=key_cols, dtype=object)  # None stays None
     varying = [c for c in key_cols if frame[c].dropna().astype(str).nunique() > 1]
     labels = []
-    for _, key in frame.iterrows():
+    for key in frame.to_dict("records"):  # not iterrows: it may infer a dtype and turn None into NaN
         parts = [f"{c}={fmt_setting(key[c])}" for c in varying if key[c] is not None]
         labels.append(", ".join(parts) or str(key["study"] or "all"))
     return labels
@@ -305,9 +321,9 @@ def fmt_setting(value: Any) -> str:
     return str(value)
 
 
-def _row(key: pd.Series, point: _Point, key_cols: list[str], label: str) -> dict[str, Any]:
+def _row(key: pd.Series, point: _Point, setting_cols: list[str], label: str) -> dict[str, Any]:
     row: dict[str, Any] = {"study": key["study"], "group": label}
-    for col in key_cols[1:]:
+    for col in setting_cols:
         row[col] = _scalar(point.first[col])  # the masked batch column varies per point: its own value
     row.update(
         num_workers=point.num_workers,

@@ -24,7 +24,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("study", help="study file (YAML), e.g. studies/cpu-smoke.yaml")
     p.add_argument("--output", default=None, help="results location, a path or URI (default: the study's)")
     p.add_argument("--dry-run", action="store_true", help="print the trial table; start nothing")
-    p.add_argument("--rerun", action="store_true", help="run finished trials again and overwrite them")
+    p.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run finished trials again (earlier attempts are kept under _attempts/)",
+    )
     p.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own logs")
     return p
 
@@ -39,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         trials = expand(spec)
         print(f"study {spec.name}: {len(trials)} trials ({spec.scaling} scaling, {spec.repeats} repeat(s))")
-        print(f"{'trial':<32} {'workers':>7} {'batch/worker':>12} {'global':>6}  amp")
+        width = max(32, *(len(t.trial_id) for t in trials))
+        print(f"{'trial':<{width}} {'workers':>7} {'batch/worker':>12} {'global':>6}  amp")
         for t in trials:
             print(
-                f"{t.trial_id:<32} {t.num_workers:>7} {t.train.batch_size:>12} {t.global_batch:>6}  {t.train.amp}"
+                f"{t.trial_id:<{width}} {t.num_workers:>7} {t.train.batch_size:>12} {t.global_batch:>6}  "
+                f"{t.train.amp}"
             )
         return 0
 

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tinyfold_ray.config import TrialSpec
@@ -17,7 +17,9 @@ from tinyfold_ray.errors import StudySpecError
 from tinyfold_ray.results.storage import absolute_location, is_uri, join
 from tinyfold_ray.results.writer import existing_trials
 from tinyfold_ray.study.expand import expand
+from tinyfold_ray.study.resume import check_unchanged
 from tinyfold_ray.study.spec import StudySpec
+from tinyfold_ray.train.environment import forwarded_env
 
 # Logical CPUs a Tune trial holds for its own driver (Tune refuses 0); the workers reserve their own.
 TRIAL_DRIVER_CPUS = 0.01
@@ -38,13 +40,19 @@ class StudyReport:
 
 
 def plan(spec: StudySpec, output: str, *, rerun: bool = False) -> tuple[list[TrialSpec], list[TrialSpec]]:
-    """(trials to run, trials already finished). Failed trials run again; ok ones only with rerun."""
+    """(trials to run, trials already finished). Failed trials run again; ok ones only with rerun.
+
+    A finished trial counts only if it ran with the settings the study asks for now; otherwise this
+    raises StudySpecError naming the changed settings (resume.check_unchanged).
+    """
     trials = expand(spec)
     if rerun:
         return trials, []
     done = existing_trials(output, spec.name)
-    todo = [t for t in trials if done.get(t.trial_id) != "ok"]
-    return todo, [t for t in trials if done.get(t.trial_id) == "ok"]
+    finished = [t for t in trials if done.get(t.trial_id, {}).get("status") == "ok"]
+    check_unchanged(spec.source, join(output, spec.name), finished, done)
+    kept = {t.trial_id for t in finished}
+    return [t for t in trials if t.trial_id not in kept], finished
 
 
 def check_cluster(spec: StudySpec, trials: list[TrialSpec], output: str) -> None:
@@ -122,7 +130,10 @@ def run_study(
     report = StudyReport(location=join(output, spec.name), planned=len(todo) + skipped, skipped=skipped)
     if not todo:
         return report
-    specs = {t.trial_id: t for t in todo}
+    # Trials run in Tune actors, perhaps on other nodes: this driver's collective-library variables go
+    # with each spec (the study's own `env:` still wins), so every trial's workers get them.
+    driver_env = forwarded_env(os.environ)
+    specs = {t.trial_id: replace(t, env={**driver_env, **t.env}) for t in todo}
     order = {t.trial_id: i for i, t in enumerate(todo, start=1)}
 
     class Progress(tune.Callback):

@@ -1,60 +1,66 @@
 """Study files: YAML -> a validated StudySpec, before anything starts.
 
-Every mistake is a StudySpecError naming the file, the key and what is allowed; unknown keys are errors.
+This module knows the layout of a study file (which keys go where, what may be swept); the settings
+themselves, their types and their ranges are known only to the config dataclasses, which check every
+value when a trial's configuration is built. Every mistake is one line naming the file and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import itertools
+import math
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tinyfold_ray.config import (
-    DEVICES,
-    PLACEMENT_STRATEGIES,
-    SCALING_MODES,
+    MAX_WORKERS,
     DDPConfig,
     ModelConfig,
     TrainConfig,
+    TrialSpec,
+    check_env,
+    check_value,
+    kind_of,
 )
 from tinyfold_ray.errors import ConfigError, StudySpecError
+from tinyfold_ray.study.reader import read_study_file
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "ddp": DDPConfig}
-# batch_size is swept as batch_per_worker (weak) or derived from global_batch (strong).
-SWEEP_SPECIAL = ("num_workers", "batch_per_worker", "global_batch")
-RESOURCE_KEYS = ("device", "cpus_per_worker", "placement", "extra", "start_timeout_s")
-TOP_LEVEL_KEYS = (
-    "name",
-    "description",
-    "output",
-    "output_is_shared",
-    "scaling",
-    "repeats",
-    "max_concurrent_trials",
-    "resources",
-    *SECTIONS,
-    "sweep",
-)
-
-
-def _section_fields() -> dict[str, tuple[str, Any]]:
-    """Every model/train/ddp field name -> (section, type hint). Names are unique across sections."""
-    found = {}
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            found[f.name] = (section, hints[f.name])
-    return found
-
-
-SECTION_FIELDS = _section_fields()
-SWEEPABLE = (*SWEEP_SPECIAL, *sorted(k for k in SECTION_FIELDS if k != "batch_size"))
+SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+assert len(SECTION_OF) == sum(len(dataclasses.fields(c)) for c in SECTIONS.values()), "names must be unique"
+# resources: key in the file -> the TrialSpec field it sets.
+RESOURCE_FIELDS = {
+    "device": "device",
+    "cpus_per_worker": "cpus_per_worker",
+    "placement": "placement_strategy",
+    "extra": "resources_per_worker",
+    "start_timeout_s": "start_timeout_s",
+}
+FILE_KEY_OF = {f: k for k, f in RESOURCE_FIELDS.items()}
+# Sweep axes besides the model/train/ddp fields. batch_size is swept as batch_per_worker (weak) or
+# derived from global_batch (strong); two resources are sweepable under their trial-column names.
+SWEEP_BATCH = ("num_workers", "batch_per_worker", "global_batch")
+SWEEP_RESOURCES = ("cpus_per_worker", "placement_strategy")
+SWEEPABLE = (*SWEEP_BATCH, *SWEEP_RESOURCES, *sorted(k for k in SECTION_OF if k != "batch_size"))
+TOP_LEVEL = {
+    "name": str,
+    "description": str,
+    "output": str,
+    "output_is_shared": bool,
+    "scaling": str,
+    "repeats": int,
+    "max_concurrent_trials": int,
+}
+TOP_LEVEL_KEYS = (*TOP_LEVEL, "resources", "env", *SECTIONS, "sweep")
+MAX_REPEATS = 1000
+MAX_TRIALS = 10_000
+"""Trials one study may have (repeats x every sweep combination), checked before anything expands."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +77,8 @@ class StudySpec:
     placement: str = "PACK"
     extra_resources: dict[str, float] = field(default_factory=dict)
     start_timeout_s: float = 120.0
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables for every worker of every trial."""
     fixed: dict[str, Any] = field(default_factory=dict)
     """Non-swept model/train/ddp settings, by field name."""
     sweep: dict[str, list[Any]] = field(default_factory=dict)
@@ -78,8 +86,56 @@ class StudySpec:
     source: str = "<study>"
 
 
-class _Checker:
-    """Raises StudySpecError messages that all start with the file they came from."""
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study file."""
+    return parse_study(read_study_file(path), source=str(path))
+
+
+def resolve(
+    spec: StudySpec, settings: dict[str, Any], *, repeat: int = 0, trial_id: str = "trial"
+) -> TrialSpec:
+    """The TrialSpec of one point of the sweep (`settings`: axis -> value); the configs check it."""
+    chosen = {**spec.fixed, **{k: v for k, v in settings.items() if k in SECTION_OF}}
+    num_workers = settings["num_workers"]
+    if spec.scaling == "strong":
+        chosen["batch_size"] = settings["global_batch"] // num_workers
+    elif "batch_per_worker" in settings:
+        chosen["batch_size"] = settings["batch_per_worker"]
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in chosen.items():
+        sections[SECTION_OF[key]][key] = value
+    return TrialSpec(
+        study=spec.name,
+        trial_id=trial_id,
+        repeat=repeat,
+        scaling=spec.scaling,
+        num_workers=num_workers,
+        device=spec.device,
+        cpus_per_worker=settings.get("cpus_per_worker", spec.cpus_per_worker),
+        resources_per_worker=dict(spec.extra_resources),
+        placement_strategy=settings.get("placement_strategy", spec.placement),
+        start_timeout_s=spec.start_timeout_s,
+        env=dict(spec.env),
+        **{name: cls(**sections[name]) for name, cls in SECTIONS.items()},
+    )
+
+
+def sweep_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every combination of the sweep's values, axes in canonical order (see `axis_order`)."""
+    axes = sorted(spec.sweep, key=axis_order)
+    return [dict(zip(axes, values)) for values in itertools.product(*(spec.sweep[a] for a in axes))]
+
+
+def axis_order(axis: str) -> tuple[int, int, str]:
+    """Worker count, then the batch, then the other axes by name: the file's order never matters."""
+    return (0, SWEEP_BATCH.index(axis), "") if axis in SWEEP_BATCH else (1, 0, axis)
+
+
+# ----------------------------------------------------------------------------------------- parsing
+
+
+class _Study:
+    """Parses one raw study document; every error starts with the file it came from."""
 
     def __init__(self, source: str):
         self.source = source
@@ -87,178 +143,197 @@ class _Checker:
     def fail(self, key: str, message: str) -> typing.NoReturn:
         raise StudySpecError(f"{self.source}: {key}: {message}")
 
+    def config_error(
+        self, e: ConfigError, path_of: typing.Callable[[str], str], context: str = ""
+    ) -> typing.NoReturn:
+        """Re-raise a config's error with the key's place in the file ("key=..." -> "sweep.key=...")."""
+        message = str(e)
+        if e.key is not None and message.startswith(f"{e.key}="):
+            head, dot, rest = e.key.partition(".")
+            message = f"{path_of(head)}{dot}{rest}{message[len(e.key) :]}"
+        raise StudySpecError(f"{self.source}: {message}{context}") from None
+
     def mapping(self, key: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
-            self.fail(key, f"must be a mapping of keys to values, got {_type_name(value)}")
+            self.fail(key, f"must be a mapping of keys to values, got {kind_of(value)}")
         return value
 
-    def known_keys(self, key: str, value: dict[str, Any], allowed: typing.Iterable[str]) -> None:
-        allowed = list(allowed)
-        for k in value:
-            if k not in allowed:
-                where = f"{key}.{k}" if key else str(k)
-                self.fail(where, f"unknown key; allowed: {', '.join(allowed)}")
+    def known_keys(
+        self, where: str, value: dict, allowed: typing.Sequence[str], elsewhere: dict[str, str]
+    ) -> None:
+        """Refuse unknown keys with a suggestion: a close spelling here, or where the key belongs."""
+        for key in value:
+            if key in allowed:
+                continue
+            key = str(key)
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.7)
+            close = close or [k for k in allowed if key in k][:2]  # "heads" -> num_heads_msa, ...
+            if key in elsewhere:
+                hint = f"; did you mean {elsewhere[key]}?"
+            elif close:
+                hint = f"; did you mean {' or '.join(where + k for k in close)}?"
+            else:
+                hint = f"; allowed: {', '.join(allowed)}"
+            self.fail(f"{where}{key}", f"unknown key{hint}")
 
-    def typed(self, key: str, value: Any, hint: Any) -> Any:
-        """Check `value` against a simple type hint (int, float, bool, str, their Optionals, dicts)."""
-        args = typing.get_args(hint)
-        if type(None) in args:
-            if value is None:
-                return None
-            hint = next(a for a in args if a is not type(None))
-        if hint is bool:
-            ok = isinstance(value, bool)
-        elif hint is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif hint is float:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        elif hint is str:
-            ok = isinstance(value, str)
-        else:
-            ok = isinstance(value, typing.get_origin(hint) or hint)
-        if not ok:
-            self.fail(key, f"must be {_hint_name(hint)}, got {value!r} ({_type_name(value)})")
-        return value
-
-    def choice(self, key: str, value: Any, choices: typing.Sequence[str]) -> str:
-        if value not in choices:
-            self.fail(key, f"{value!r} is not one of {', '.join(choices)}")
-        return value
+    def scalar(self, key: str, value: Any, hint: Any) -> Any:
+        try:
+            return check_value(key, value, hint)
+        except ConfigError as e:
+            self.config_error(e, lambda head: head)
 
 
-def _type_name(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _hint_name(hint: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
-
-
-def load_study(path: str | Path) -> StudySpec:
-    """Read and validate a study file."""
-    path = Path(path)
-    if not path.is_file():
-        raise StudySpecError(f"{path}: no such study file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise StudySpecError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    return parse_study(raw, source=str(path))
+def _where_else(exclude: str) -> dict[str, str]:
+    """Every known key outside `exclude` -> its full place in the file, for "did you mean" hints."""
+    places = {k: f"{s}.{k}" for k, s in SECTION_OF.items() if s != exclude}
+    places.update({k: f"resources.{k}" for k in RESOURCE_FIELDS if exclude != "resources"})
+    places["batch_size"] = "sweep.batch_per_worker (or sweep.global_batch for strong scaling)"
+    return places
 
 
 def parse_study(raw: Any, source: str = "<study>") -> StudySpec:
-    c = _Checker(source)
+    s = _Study(source)
     if not isinstance(raw, dict):
-        raise StudySpecError(f"{source}: a study file must be a YAML mapping, got {_type_name(raw)}")
-    c.known_keys("", raw, TOP_LEVEL_KEYS)
+        raise StudySpecError(f"{source}: a study file must be a YAML mapping, got {kind_of(raw)}")
+    s.known_keys("", raw, TOP_LEVEL_KEYS, _where_else(""))
     if "name" not in raw:
-        c.fail("name", "missing; every study needs a name (its results folder)")
-    name = c.typed("name", raw["name"], str)
-    if not NAME_PATTERN.match(name):
-        c.fail("name", f"{name!r} must be letters, digits, '.', '_' or '-' (it names a folder under output)")
-
-    top: dict[str, Any] = {"name": name, "source": source}
-    for key, hint in (
-        ("description", str),
-        ("output", str),
-        ("output_is_shared", bool),
-        ("repeats", int),
-        ("max_concurrent_trials", int),
-    ):
-        if key in raw:
-            top[key] = c.typed(key, raw[key], hint)
-    top["scaling"] = c.choice("scaling", raw.get("scaling", "weak"), SCALING_MODES)
-    for key in ("repeats", "max_concurrent_trials"):
-        if key in top and top[key] < 1:
-            c.fail(key, f"must be >= 1, got {top[key]}")
-
-    resources = c.mapping("resources", raw.get("resources", {}))
-    c.known_keys("resources", resources, RESOURCE_KEYS)
-    if "device" in resources:
-        top["device"] = c.choice("resources.device", resources["device"], DEVICES)
-    if "placement" in resources:
-        top["placement"] = c.choice("resources.placement", resources["placement"], PLACEMENT_STRATEGIES)
-    for key in ("cpus_per_worker", "start_timeout_s"):
-        if key in resources:
-            value = c.typed(f"resources.{key}", resources[key], float)
-            if value <= 0:
-                c.fail(f"resources.{key}", f"must be > 0, got {value}")
-            top[key] = value
-    if "extra" in resources:
-        extra = c.mapping("resources.extra", resources["extra"])
-        top["extra_resources"] = {k: c.typed(f"resources.extra.{k}", v, float) for k, v in extra.items()}
-
-    fixed: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        values = c.mapping(section, raw.get(section, {}))
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        c.known_keys(section, values, allowed)
-        for key, value in values.items():
-            if key == "batch_size":
-                c.fail(
-                    "train.batch_size",
-                    "set the batch with sweep.batch_per_worker (weak) or sweep.global_batch",
-                )
-            fixed[key] = c.typed(f"{section}.{key}", value, SECTION_FIELDS[key][1])
-
-    sweep = _parse_sweep(c, raw.get("sweep"), fixed, top["scaling"])
-    spec = StudySpec(**top, fixed=fixed, sweep=sweep)
-    _check_combinations(c, spec)
+        s.fail("name", "missing; every study needs a name (its results folder)")
+    top = {key: s.scalar(key, raw[key], hint) for key, hint in TOP_LEVEL.items() if key in raw}
+    if not NAME_PATTERN.match(top["name"]):
+        s.fail(
+            "name",
+            f"{top['name']!r} must be letters, digits, '.', '_' or '-' (it names a folder under output)",
+        )
+    try:
+        TrialSpec(scaling=top.get("scaling", "weak"))
+    except ConfigError as e:
+        s.config_error(e, lambda head: head)
+    for key, upper in (("repeats", MAX_REPEATS), ("max_concurrent_trials", MAX_WORKERS)):
+        if key in top and not 1 <= top[key] <= upper:
+            s.fail(key, f"must be between 1 and {upper}, got {top[key]}")
+    top.update(_resources(s, raw.get("resources", {})))
+    if "env" in raw:
+        top["env"] = _env(s, raw["env"])
+    fixed = _fixed(s, raw)
+    sweep = _sweep(s, raw.get("sweep"), fixed, top.get("scaling", "weak"))
+    for axis in SWEEP_RESOURCES:
+        if axis in sweep and FILE_KEY_OF[axis] in raw.get("resources", {}):
+            s.fail(f"sweep.{axis}", f"is also set as resources.{FILE_KEY_OF[axis]}; set it in one place")
+    spec = StudySpec(**top, fixed=fixed, sweep=sweep, source=source)
+    _check_points(s, spec)
     return spec
 
 
-def _parse_sweep(c: _Checker, raw: Any, fixed: dict[str, Any], scaling: str) -> dict[str, list[Any]]:
+def _resources(s: _Study, raw: Any) -> dict[str, Any]:
+    resources = s.mapping("resources", raw)
+    s.known_keys("resources.", resources, tuple(RESOURCE_FIELDS), _where_else("resources"))
+    values = {RESOURCE_FIELDS[k]: v for k, v in resources.items()}
+    try:  # the TrialSpec knows the types and the allowed values (and coerces 4 to 4.0)
+        checked = TrialSpec(**values)
+    except ConfigError as e:
+        s.config_error(e, lambda head: f"resources.{FILE_KEY_OF.get(head, head)}")
+    if checked.device == "cpu" and checked.resources_per_worker.get("GPU"):
+        s.fail("resources.extra", "GPU is set by resources.device, not as an extra resource")
+    names = {"placement_strategy": "placement", "resources_per_worker": "extra_resources"}
+    return {names.get(k, k): getattr(checked, k) for k in values}
+
+
+def _env(s: _Study, raw: Any) -> dict[str, str]:
+    """Numbers and booleans as YAML reads them (NCCL_IB_DISABLE: 1, NCCL_DEBUG_SUBSYS: ALL) -> strings."""
+    env = s.mapping("env", raw)
+    for key, value in env.items():
+        if not isinstance(value, str | int | float):
+            s.fail(f"env.{key}", f"must be a string or a number, got {value!r} ({kind_of(value)})")
+    env = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in env.items()}
+    try:
+        check_env(env)
+    except ConfigError as e:
+        s.config_error(e, lambda head: head)
+    return env
+
+
+def _fixed(s: _Study, raw: dict[str, Any]) -> dict[str, Any]:
+    fixed: dict[str, Any] = {}
+    hints = {name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()}
+    for section in SECTIONS:
+        values = s.mapping(section, raw.get(section, {}))
+        s.known_keys(f"{section}.", values, list(hints[section]), _where_else(section))
+        for key, value in values.items():
+            if key == "batch_size":
+                s.fail(
+                    "train.batch_size",
+                    "set the batch with sweep.batch_per_worker (weak) or sweep.global_batch",
+                )
+            fixed[key] = s.scalar(f"{section}.{key}", value, hints[section][key])
+    return fixed
+
+
+def _axis_hint(axis: str) -> Any:
+    if axis in SWEEP_BATCH:
+        return int
+    cls = SECTIONS[SECTION_OF[axis]] if axis in SECTION_OF else TrialSpec
+    return typing.get_type_hints(cls)[axis]
+
+
+def _sweep(s: _Study, raw: Any, fixed: dict[str, Any], scaling: str) -> dict[str, list[Any]]:
     if raw is None:
-        c.fail(
+        s.fail(
             "sweep", "missing; a study sweeps at least num_workers, e.g. sweep: {num_workers: [1, 2, 4, 8]}"
         )
-    raw = c.mapping("sweep", raw)
-    c.known_keys("sweep", raw, SWEEPABLE)
+    raw = s.mapping("sweep", raw)
+    elsewhere = {"placement": "sweep.placement_strategy", "batch_size": _where_else("")["batch_size"]}
+    s.known_keys("sweep.", raw, SWEEPABLE, elsewhere)
     sweep: dict[str, list[Any]] = {}
     for key, values in raw.items():
-        if not isinstance(values, list):
-            values = [values]
+        values = values if isinstance(values, list) else [values]
         if not values:
-            c.fail(f"sweep.{key}", "is empty; give at least one value")
-        hint = int if key in SWEEP_SPECIAL else SECTION_FIELDS[key][1]
-        values = [c.typed(f"sweep.{key}", v, hint) for v in values]
+            s.fail(f"sweep.{key}", "is empty; give at least one value")
+        values = [s.scalar(f"sweep.{key}", v, _axis_hint(key)) for v in values]
         if len(set(map(repr, values))) != len(values):
-            c.fail(f"sweep.{key}", f"repeats a value in {values}; use `repeats:` for repetitions")
+            s.fail(f"sweep.{key}", f"repeats a value in {values}; use `repeats:` for repetitions")
         if key in fixed:
-            c.fail(f"sweep.{key}", f"is also fixed in its section ({fixed[key]!r}); set it in one place")
+            s.fail(f"sweep.{key}", f"is also fixed in its section ({fixed[key]!r}); set it in one place")
+        if key in SWEEP_BATCH and min(values) < 1:
+            s.fail(f"sweep.{key}", f"values must be >= 1, got {min(values)}")
         sweep[key] = values
     if "num_workers" not in sweep:
-        c.fail("sweep.num_workers", "missing; a scaling study sweeps the worker count")
-    for key in SWEEP_SPECIAL:
-        for v in sweep.get(key, []):
-            if v < 1:
-                c.fail(f"sweep.{key}", f"values must be >= 1, got {v}")
+        s.fail("sweep.num_workers", "missing; a scaling study sweeps the worker count")
     if scaling == "weak" and "global_batch" in sweep:
-        c.fail("sweep.global_batch", "belongs to scaling: strong; weak scaling sweeps batch_per_worker")
+        s.fail("sweep.global_batch", "belongs to scaling: strong; weak scaling sweeps batch_per_worker")
     if scaling == "strong" and "batch_per_worker" in sweep:
-        c.fail("sweep.batch_per_worker", "belongs to scaling: weak; strong scaling sweeps global_batch")
+        s.fail("sweep.batch_per_worker", "belongs to scaling: weak; strong scaling sweeps global_batch")
     if scaling == "strong" and "global_batch" not in sweep:
-        c.fail("sweep.global_batch", "missing; strong scaling fixes a global batch, e.g. global_batch: [32]")
+        s.fail("sweep.global_batch", "missing; strong scaling fixes a global batch, e.g. global_batch: [32]")
     return sweep
 
 
-def _check_combinations(c: _Checker, spec: StudySpec) -> None:
+def _check_points(s: _Study, spec: StudySpec) -> None:
+    """Count the trials first (a typo must not expand into millions), then build every point's configs
+    once, so a combination the settings forbid (c_m not divisible by the heads) fails before Ray."""
+    points = math.prod(len(v) for v in spec.sweep.values())
+    if points * spec.repeats > MAX_TRIALS:
+        s.fail(
+            "sweep",
+            f"{points} combinations x {spec.repeats} repeats = {points * spec.repeats} trials; "
+            f"a study has at most {MAX_TRIALS}",
+        )
     if spec.scaling == "strong":
-        for gb in spec.sweep["global_batch"]:
-            for n in spec.sweep["num_workers"]:
-                if gb % n:
-                    c.fail("sweep.global_batch", f"{gb} is not divisible by num_workers {n} (strong scaling)")
-    if spec.device == "cpu" and spec.extra_resources.get("GPU"):
-        c.fail("resources.extra", "GPU is set by resources.device, not as an extra resource")
-    # Build one trial's configs now, so value errors (c_m not divisible by heads...) surface before Ray.
-    from tinyfold_ray.study.expand import expand
+        for gb, n in itertools.product(spec.sweep["global_batch"], spec.sweep["num_workers"]):
+            if gb % n:
+                s.fail("sweep.global_batch", f"{gb} is not divisible by num_workers {n} (strong scaling)")
+    batch_axis = "global_batch" if spec.scaling == "strong" else "batch_per_worker"
 
-    try:
-        expand(spec)
-    except ConfigError as e:
-        raise StudySpecError(f"{spec.source}: {e}") from None
+    def path_of(key: str) -> str:
+        key = batch_axis if key == "batch_size" else key
+        if key in spec.sweep:
+            return f"sweep.{key}"
+        if key in SECTION_OF:
+            return f"{SECTION_OF[key]}.{key}"
+        return f"resources.{FILE_KEY_OF.get(key, key)}"
+
+    for point in sweep_points(spec):
+        try:
+            resolve(spec, point)
+        except ConfigError as e:
+            where = ", ".join(f"{k}={v}" for k, v in point.items())
+            s.config_error(e, path_of, f" (in the trial with {where})" if len(point) > 1 else "")

@@ -59,7 +59,12 @@ def build_parser() -> ArgumentParser:
 
     o = p.add_argument_group("output")
     o.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
-    o.add_argument("--validate-setup", action="store_true", help="run a few tiny steps and report the setup")
+    o.add_argument(
+        "--validate-setup",
+        action="store_true",
+        help="start one Ray Train worker per local GPU (or --workers N; gloo workers without a GPU), check "
+        "devices, all-reduce and DDP steps, measure bus bandwidth; exit 1 on any problem",
+    )
     return p
 
 
@@ -100,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.validate_setup:
         from tinyfold_ray.train.validate import validate_setup
 
-        print(validate_setup(args.device))
-        return 0
+        report = validate_setup(args.device, args.workers, verbose=args.verbose)
+        print(report.text())
+        return 0 if report.ok else 1
     if args.workers is not None:
         return run_ray_trial(args, model_cfg, train_cfg)
     run = train_single(model_cfg, train_cfg, args.device)

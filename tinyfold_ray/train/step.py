@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tinyfold_ray.config import ModelConfig, TrainConfig
+from tinyfold_ray.config import CUDAGRAPH_COMPILE_MODES, ModelConfig, TrainConfig
 from tinyfold_ray.data import SyntheticData
 from tinyfold_ray.device import fused_adamw_supported
+from tinyfold_ray.errors import ConfigError
 from tinyfold_ray.model import TinyFold, distance_loss, num_parameters
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,21 +51,45 @@ def build_training(
     fused = train_cfg.fused_optimizer
     if fused is None:
         fused = fused_adamw_supported(device)
+    check_fp16_without_sync(train_cfg.amp, fused, device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay, fused=fused
     )
     forward = model if train_cfg.compile == "none" else torch.compile(model, mode=train_cfg.compile)
-    step = make_step(forward, optimizer, train_cfg.amp, device)
+    step = make_step(
+        forward, optimizer, train_cfg.amp, device, cudagraphs=train_cfg.compile in CUDAGRAPH_COMPILE_MODES
+    )
     return Training(model=model, step=step, data=data, num_params=num_params, fused_optimizer=fused)
 
 
+def check_fp16_without_sync(amp: str, fused: bool, device: torch.device) -> None:
+    """fp16 on a GPU needs the fused optimiser, or its gradient scaler syncs the host in every step.
+
+    GradScaler.step reads its inf check back to the host (`.item()`) before an unfused optimiser may
+    step; a fused AdamW takes the check as a device tensor and skips the update itself. That hidden wait
+    would land inside every timed step, so it is refused. On CPU ops run synchronously: nothing to wait for.
+    """
+    if amp == "fp16" and device.type == "cuda" and not fused:
+        raise ConfigError(
+            "amp=fp16 with fused_optimizer=false is not allowed: the gradient scaler would wait for the GPU "
+            "in every timed step; use fused_optimizer: true (or auto), or amp=bf16"
+        )
+
+
 def make_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, amp: str, device: torch.device
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    amp: str,
+    device: torch.device,
+    *,
+    cudagraphs: bool = False,
 ) -> Callable[[tuple], torch.Tensor]:
     """A function batch -> detached loss tensor that does forward, backward and the optimiser step.
 
     It never reads a value back to the host: the loss stays on the device. With fp16 the gradient
-    scaler's inf check would sync each step, except with a fused optimiser, which takes the check itself.
+    scaler's inf check would sync each step, except with a fused optimiser, which takes the check itself
+    (`check_fp16_without_sync` refuses the other case on GPUs). With CUDA graphs each call starts a new
+    graph iteration explicitly, so a replay may reuse the previous step's output memory.
     """
     if amp == "none":
         autocast = contextlib.nullcontext
@@ -75,6 +100,8 @@ def make_step(
 
     def step(batch: tuple) -> torch.Tensor:
         msa_tokens, pair_features, target = batch
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         optimizer.zero_grad(set_to_none=True)
         with autocast():
             predicted = model(msa_tokens, pair_features)

@@ -17,7 +17,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tinyfold_ray.config import TrialSpec
+from tinyfold_ray.results.schema import config_hash, config_values
 from tinyfold_ray.results.writer import write_trial
+from tinyfold_ray.train.environment import forwarded_env, recorded_env
 from tinyfold_ray.train.resources import alive_nodes, check_placement
 from tinyfold_ray.train.timing import step_stats
 
@@ -119,9 +121,15 @@ def make_trainer(spec: TrialSpec, use_gpu: bool, train_fn: Callable[[dict], Any]
             name=f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}",
             # No retries: a failed trial is a result, and a retry would time something else.
             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
-            worker_runtime_env={"env_vars": WORKER_ENV},
+            worker_runtime_env={"env_vars": {**worker_env(spec), **WORKER_ENV}},
         ),
     )
+
+
+def worker_env(spec: TrialSpec) -> dict[str, str]:
+    """The collective-library variables of this driver, then the study's `env:` over them: what every
+    worker of the trial gets on top of its node's own environment (and what the trial records)."""
+    return {**forwarded_env(os.environ), **spec.env}
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -136,33 +144,18 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def _settings(spec: TrialSpec, use_gpu: bool) -> dict[str, Any]:
+    """The trial's names and its whole resolved configuration (schema.CONFIG_COLUMNS)."""
+    config = config_values(spec)
     fused = spec.train.fused_optimizer
     return {
         "study": spec.study,
         "trial_id": spec.trial_id,
         "repeat": spec.repeat,
-        "num_workers": spec.num_workers,
         "num_gpus": spec.num_workers if use_gpu else 0,
-        "scaling": spec.scaling,
-        "batch_per_worker": spec.train.batch_size,
-        "global_batch": spec.global_batch,
-        "amp": spec.train.amp,
-        "compile": spec.train.compile,
-        "attention": spec.model.attention,
+        **config,
+        "config_hash": config_hash(config),
+        # What the trial uses (rank 0's report replaces it once workers ran); the hash keeps the request.
         "fused_optimizer": use_gpu if fused is None else fused,
-        "c_m": spec.model.c_m,
-        "c_z": spec.model.c_z,
-        "num_blocks": spec.model.num_blocks,
-        "num_seqs": spec.model.num_seqs,
-        "seq_len": spec.model.seq_len,
-        "bucket_cap_mb": spec.ddp.bucket_cap_mb,
-        "gradient_as_bucket_view": spec.ddp.gradient_as_bucket_view,
-        "static_graph": spec.ddp.static_graph,
-        "cpus_per_worker": spec.cpus_per_worker,
-        "placement_strategy": spec.placement_strategy,
-        "steps": spec.train.num_steps,
-        "warmup_steps": spec.train.warmup_steps,
-        "seed": spec.train.seed,
     }
 
 
@@ -185,6 +178,7 @@ def build_outcome(
         "end_time": ended,
         "wall_time_s": wall_time_s,
         "git_commit": git_commit,
+        "env_vars": recorded_env(worker_env(spec)),
     }
     if error or not records:
         return TrialOutcome(row=row, step_rows=[])
@@ -229,6 +223,7 @@ def build_outcome(
             "step": i,
             "step_time_s": t,
             "loss": loss,
+            "peak_memory_bytes": r["peak_memory_bytes"],
         }
         for r in records
         for i, (t, loss) in enumerate(zip(r["step_times_s"], r["losses"]))

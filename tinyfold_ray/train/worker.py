@@ -41,20 +41,11 @@ def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
     ctx = ray.train.get_context()
     rank, local_rank, world = ctx.get_world_rank(), ctx.get_local_rank(), ctx.get_world_size()
 
-    backend = resolve_backend(config["backend"])
-    if config["use_gpu"] and backend == "cpu":
-        raise TrialFailedError(f"Ray gave this worker a GPU but torch {torch.__version__} sees none")
-    if backend == "cpu":
-        device = torch_device("cpu")
+    backend, device = worker_device(config["backend"], config["use_gpu"], local_rank)
+    train_cfg = spec.train
+    if backend == "cpu" and train_cfg.num_threads is None:
         # A CPU worker gets as many threads as CPUs it reserved, so workers never oversubscribe cores.
-        train_cfg = spec.train
-        if train_cfg.num_threads is None:
-            train_cfg = replace(train_cfg, num_threads=max(1, int(spec.cpus_per_worker)))
-    else:
-        assigned = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-        device = torch_device(backend, gpu_index(local_rank, assigned))
-        torch.cuda.set_device(device)
-        train_cfg = spec.train
+        train_cfg = replace(train_cfg, num_threads=max(1, int(spec.cpus_per_worker)))
 
     training = build_training(
         spec.model,
@@ -101,6 +92,19 @@ def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
     return records
 
 
+def worker_device(requested: str, use_gpu: bool, local_rank: int) -> tuple[str, torch.device]:
+    """(backend, device) of this Ray Train worker; on a GPU, the one Ray assigned it, made current."""
+    backend = resolve_backend(requested)
+    if use_gpu and backend == "cpu":
+        raise TrialFailedError(f"Ray gave this worker a GPU but torch {torch.__version__} sees none")
+    if backend == "cpu":
+        return backend, torch_device("cpu")
+    assigned = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    device = torch_device(backend, gpu_index(local_rank, assigned))
+    torch.cuda.set_device(device)
+    return backend, device
+
+
 def ddp_wrapper(cfg: DDPConfig, device: torch.device):
     """model -> DDP(model) with the configured buckets (every parameter is used: no unused-param scan).
 
@@ -125,10 +129,15 @@ def allreduce_time_s(num_params: int, device: torch.device) -> float | None:
     """Median time of an all-reduce of one fp32 gradient's size on this worker group (None alone)."""
     if dist.get_world_size() == 1:
         return None
-    buffer = torch.ones(num_params, dtype=torch.float32, device=device)
+    return time_allreduce(num_params, device, ALLREDUCE_REPEATS)
+
+
+def time_allreduce(numel: int, device: torch.device, repeats: int) -> float:
+    """Median seconds of an fp32 all-reduce of `numel` elements, after one untimed call."""
+    buffer = torch.ones(numel, dtype=torch.float32, device=device)
     dist.all_reduce(buffer)  # first call sets up the communicator: untimed
     times = []
-    for _ in range(ALLREDUCE_REPEATS):
+    for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
         dist.all_reduce(buffer)
