@@ -56,6 +56,7 @@ def expand(spec) -> list[TrialSpec]:
                     resources_per_worker=dict(spec.extra_resources),
                     placement_strategy=spec.placement,
                     start_timeout_s=spec.start_timeout_s,
+                    trial_timeout_s=spec.trial_timeout_s,
                     model=ModelConfig(**sections["model"]),
                     train=TrainConfig(**sections["train"]),
                     ddp=DDPConfig(**sections["ddp"]),

@@ -28,7 +28,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "ddp": DDPConfig}
 # batch_size is swept as batch_per_worker (weak) or derived from global_batch (strong).
 SWEEP_SPECIAL = ("num_workers", "batch_per_worker", "global_batch")
-RESOURCE_KEYS = ("device", "cpus_per_worker", "placement", "extra", "start_timeout_s")
+RESOURCE_KEYS = ("device", "cpus_per_worker", "placement", "extra", "start_timeout_s", "trial_timeout_s")
 TOP_LEVEL_KEYS = (
     "name",
     "description",
@@ -71,6 +71,8 @@ class StudySpec:
     placement: str = "PACK"
     extra_resources: dict[str, float] = field(default_factory=dict)
     start_timeout_s: float = 120.0
+    trial_timeout_s: float | None = None
+    """Wall-time limit of each trial; None = derived from the trial's work (train/faults.py)."""
     fixed: dict[str, Any] = field(default_factory=dict)
     """Non-swept model/train/ddp settings, by field name."""
     sweep: dict[str, list[Any]] = field(default_factory=dict)
@@ -183,7 +185,7 @@ def parse_study(raw: Any, source: str = "<study>") -> StudySpec:
         top["device"] = c.choice("resources.device", resources["device"], DEVICES)
     if "placement" in resources:
         top["placement"] = c.choice("resources.placement", resources["placement"], PLACEMENT_STRATEGIES)
-    for key in ("cpus_per_worker", "start_timeout_s"):
+    for key in ("cpus_per_worker", "start_timeout_s", "trial_timeout_s"):
         if key in resources:
             value = c.typed(f"resources.{key}", resources[key], float)
             if value <= 0:

@@ -1,0 +1,195 @@
+"""A trial's time limit, and failure reasons a user can act on.
+
+Workers note the phase they are in (with their rank, host, node and device) in Ray's internal key-value
+store, one small write per phase change. When a trial fails, the driver reads these notes to name the
+rank, the host and the phase; the cause comes from Ray Train's structured `WorkerGroupError`, whose
+`worker_failures` maps each failed rank to its exception, never from the text of its message.
+
+The time limit is enforced inside the Ray Train controller (a worker-group callback): past the deadline
+it marks every still-running rank as failed with `TrialTimeoutError`. The controller then handles it
+like any worker failure: it stops the workers (killing those that do not answer, a SIGSTOPped one
+included), removes their placement group and returns the error to the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from tinyfold_ray.config import ModelConfig, TrialSpec
+from tinyfold_ray.errors import TrialTimeoutError
+
+KV_NAMESPACE = "tinyfold"
+# In the order a worker goes through them; a rank that never noted a phase is still starting up.
+PHASES = ("start-up", "build", "warm-up", "measured steps", "teardown")
+
+# The default time limit: the worker-group start timeout, a fixed allowance for building the model and
+# DDP, and each step at a deliberately pessimistic speed (a tenth of what one CPU core of the 2-core
+# development machine reaches), so that only a trial that is stuck ever meets it.
+BUILD_ALLOWANCE_S = 300.0
+SLOWEST_FLOPS_PER_S = 5e9
+MIN_STEP_ALLOWANCE_S = 1.0
+
+
+def flops_per_sample(model: ModelConfig) -> float:
+    """Rough forward+backward FLOPs of one sample (3x the forward's matmuls; the pair track dominates).
+
+    Counts the c_z x c_z projections of the pair track (about 28 per block), its R^3 triangle terms and
+    the MSA track's projections; at the defaults it gives about 60 GFLOP against 66.6 measured.
+    """
+    r, s, c_z, c_m = model.seq_len, model.num_seqs, model.c_z, model.c_m
+    pair = r * r * (28 * c_z * c_z + 6 * r * c_z)
+    msa = (
+        s * r * (12 * c_m * c_m + 4 * r * c_m) + s * r * model.c_opm * 2 * c_m + r * r * model.c_opm**2 * c_z
+    )
+    return 3 * 2 * model.num_blocks * (pair + msa)
+
+
+def default_time_limit_s(spec: TrialSpec) -> float:
+    steps = spec.train.warmup_steps + spec.train.num_steps
+    per_step = max(
+        MIN_STEP_ALLOWANCE_S, spec.train.batch_size * flops_per_sample(spec.model) / SLOWEST_FLOPS_PER_S
+    )
+    return spec.start_timeout_s + BUILD_ALLOWANCE_S + steps * per_step
+
+
+def time_limit_s(spec: TrialSpec) -> float:
+    return spec.trial_timeout_s if spec.trial_timeout_s is not None else default_time_limit_s(spec)
+
+
+# --- worker side ----------------------------------------------------------------------------------------
+
+
+def note_phase(run_name: str, rank: int, phase: str, **info: Any) -> None:
+    """Record that `rank` entered `phase` (best effort: a trial never fails for want of a note)."""
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_put(
+            f"{run_name}/{rank}",
+            json.dumps({"phase": phase, "since": time.time(), **info}),
+            overwrite=True,
+            namespace=KV_NAMESPACE,
+        )
+    except Exception:  # noqa: BLE001 - the note only improves an error message
+        pass
+
+
+# --- driver side ----------------------------------------------------------------------------------------
+
+
+def read_notes(run_name: str, num_workers: int) -> dict[int, dict[str, Any]]:
+    """rank -> its last note; ranks that wrote none are missing."""
+    from ray.experimental import internal_kv
+
+    notes = {}
+    for rank in range(num_workers):
+        try:
+            raw = internal_kv._internal_kv_get(f"{run_name}/{rank}", namespace=KV_NAMESPACE)
+        except Exception:  # noqa: BLE001 - see note_phase
+            raw = None
+        if raw:
+            notes[rank] = json.loads(raw)
+    return notes
+
+
+def clear_notes(run_name: str) -> None:
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_del(f"{run_name}/", del_by_prefix=True, namespace=KV_NAMESPACE)
+    except Exception:  # noqa: BLE001 - a few stale bytes in the GCS harm nobody
+        pass
+
+
+def make_time_limit_callback(deadline: float, limit_s: float):
+    """A Ray Train worker-group callback that fails every running rank once `deadline` (epoch s) passes.
+
+    Built on demand so that importing this module needs no Ray. The controller polls the workers every
+    health-check interval (1 s), so a trial ends within about that (plus the workers' stop) of its limit.
+    """
+    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+
+    class TimeLimit(WorkerGroupCallback):
+        def after_worker_group_poll_status(self, worker_group_status) -> None:
+            if time.time() < deadline:
+                return
+            for status in worker_group_status.worker_statuses.values():
+                if status.running and status.error is None:
+                    status.error = TrialTimeoutError(limit_s)
+
+    return TimeLimit()
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The worker's own exception, or the actor error a failed health check wraps."""
+    inner = getattr(error, "health_check_failure", None)
+    return inner if isinstance(inner, BaseException) else error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _is_oom(error: BaseException) -> bool:
+    return any(cls.__name__ in ("OutOfMemoryError", "OutOfMemoryException") for cls in type(error).__mro__)
+
+
+def rank_reason(
+    rank: int, error: BaseException, note: dict[str, Any] | None, alive_node_ids: set[str] | None
+) -> str:
+    """One rank's failure in words: the cause, then where (rank and host)."""
+    from ray.exceptions import RayActorError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckTimeoutError
+
+    note = note or {}
+    host = note.get("host", "an unknown host")
+    where = f"rank {rank} on {host}"
+    error = _unwrap(error)
+    if isinstance(error, TrialTimeoutError):
+        return f"timed out after {error.limit_s:.0f} s in {note.get('phase', PHASES[0])} ({where})"
+    if _is_oom(error):
+        return f"out of memory on rank {rank} (device {note.get('device', 'unknown')}, host {host})"
+    if isinstance(error, WorkerHealthCheckTimeoutError):
+        return f"worker stopped answering its health checks ({where})"
+    if isinstance(error, RayActorError):
+        node_id = note.get("node_id")
+        if node_id and alive_node_ids is not None and node_id not in alive_node_ids:
+            return f"node {host} lost ({where})"
+        return f"worker process died ({_exit_detail(error)}) ({where})"
+    return f"{type(error).__name__}: {_first_line(error)} ({where})"
+
+
+def _exit_detail(error: BaseException) -> str:
+    """Ray keeps a dead worker's exit cause only as text: keep its signal or exit code if it names one."""
+    text = str(error)
+    match = re.search(r"signal[ :]*(\d+)|SIG(KILL|TERM|SEGV|ABRT|BUS)", text)
+    if match:
+        return f"exit signal {match.group(1) or _SIGNALS[match.group(2)]}"
+    match = re.search(r"exit code[ :]*(\d+)", text)
+    return f"exit code {match.group(1)}" if match else "no exit status reported"
+
+
+_SIGNALS = {"KILL": 9, "TERM": 15, "SEGV": 11, "ABRT": 6, "BUS": 7}
+
+
+def describe_failure(
+    error: BaseException, notes: dict[int, dict[str, Any]], alive_node_ids: set[str] | None
+) -> str | None:
+    """A reason built from a Ray Train error's per-rank failures, or None if it carries none."""
+    failures = getattr(error, "worker_failures", None)
+    if not failures:
+        return None
+    reasons = [
+        rank_reason(rank, failures[rank], notes.get(rank), alive_node_ids) for rank in sorted(failures)
+    ]
+    timed_out = [r for r in reasons if r.startswith("timed out")]
+    others = [r for r in reasons if not r.startswith("timed out")]
+    if timed_out and not others:
+        # Every rank hit the limit: name the phase of the one furthest behind (the one holding the rest).
+        laggard = min(failures, key=lambda r: PHASES.index(notes.get(r, {}).get("phase", PHASES[0])))
+        return rank_reason(laggard, failures[laggard], notes.get(laggard), alive_node_ids)
+    return "; ".join(others)[:1000]
