@@ -22,8 +22,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from tinyfold_ray.errors import StudySpecError
-from tinyfold_ray.results.storage import is_uri, resolve
+from tinyfold_ray.errors import StorageError, StudySpecError
+from tinyfold_ray.results.storage import is_uri, one_line, resolve
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
@@ -103,7 +103,13 @@ class _Lock:
 
     def acquire(self) -> str | None:
         """Take the lock; return a line about a stale lock taken over, or None."""
-        self.fs.create_dir(self.root, recursive=True)
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+            return self._acquire()
+        except OSError as e:
+            raise StorageError(f"output {self.root!r} is not writable: {one_line(e)}") from None
+
+    def _acquire(self) -> str | None:
         taken_over = None
         for _ in range(3):
             if self._create():

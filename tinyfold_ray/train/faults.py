@@ -14,7 +14,6 @@ included), removes their placement group and returns the error to the driver.
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Any
 
@@ -159,21 +158,10 @@ def rank_reason(
         node_id = note.get("node_id")
         if node_id and alive_node_ids is not None and node_id not in alive_node_ids:
             return f"node {host} lost ({where})"
-        return f"worker process died ({_exit_detail(error)}) ({where})"
+        # Ray's raylet does not keep a dead worker's exit status (its text only lists possible causes),
+        # so the reason says no more than it knows.
+        return f"worker process died (killed, crashed or OOM-killed: Ray keeps no exit status) ({where})"
     return f"{type(error).__name__}: {_first_line(error)} ({where})"
-
-
-def _exit_detail(error: BaseException) -> str:
-    """Ray keeps a dead worker's exit cause only as text: keep its signal or exit code if it names one."""
-    text = str(error)
-    match = re.search(r"signal[ :]*(\d+)|SIG(KILL|TERM|SEGV|ABRT|BUS)", text)
-    if match:
-        return f"exit signal {match.group(1) or _SIGNALS[match.group(2)]}"
-    match = re.search(r"exit code[ :]*(\d+)", text)
-    return f"exit code {match.group(1)}" if match else "no exit status reported"
-
-
-_SIGNALS = {"KILL": 9, "TERM": 15, "SEGV": 11, "ABRT": 6, "BUS": 7}
 
 
 def describe_failure(
@@ -187,7 +175,11 @@ def describe_failure(
         rank_reason(rank, failures[rank], notes.get(rank), alive_node_ids) for rank in sorted(failures)
     ]
     timed_out = [r for r in reasons if r.startswith("timed out")]
-    others = [r for r in reasons if not r.startswith("timed out")]
+    # A dead process or node comes first: the other ranks' errors (a peer's connection reset) follow from it.
+    others = sorted(
+        (r for r in reasons if not r.startswith("timed out")),
+        key=lambda r: not r.startswith(("worker process died", "node ", "out of memory")),
+    )
     if timed_out and not others:
         # Every rank hit the limit: name the phase of the one furthest behind (the one holding the rest).
         laggard = min(failures, key=lambda r: PHASES.index(notes.get(r, {}).get("phase", PHASES[0])))
