@@ -106,6 +106,11 @@ def test_the_default_time_limit_grows_with_the_work_and_a_setting_overrides_it()
         replace(spec, train=TrainConfig())
     )
     assert faults.time_limit_s(replace(spec, trial_timeout_s=42.0)) == 42.0
+    # GPU workers are allowed less per step than CPU ones; compiling adds its own allowance.
+    heavy = replace(default_model, train=TrainConfig(batch_size=8, num_steps=50))
+    assert faults.time_limit_s(heavy, use_gpu=True) < faults.time_limit_s(heavy)
+    compiled = replace(heavy, train=replace(heavy.train, compile="default"))
+    assert faults.time_limit_s(compiled, use_gpu=True) > faults.time_limit_s(heavy, use_gpu=True)
 
 
 def test_flops_estimate_is_near_the_measured_reference():

@@ -25,10 +25,13 @@ KV_NAMESPACE = "tinyfold"
 PHASES = ("start-up", "build", "warm-up", "measured steps", "teardown")
 
 # The default time limit: the worker-group start timeout, a fixed allowance for building the model and
-# DDP, and each step at a deliberately pessimistic speed (a tenth of what one CPU core of the 2-core
-# development machine reaches), so that only a trial that is stuck ever meets it.
+# DDP (more with torch.compile, whose autotuning runs in the warm-up), and each step at a deliberately
+# pessimistic speed, so that only a trial that is stuck ever meets it: on CPU about a tenth of what the
+# 2-core development machine reaches (a default-model step of batch 4 in 5.5 s, about 47 GFLOP/s), on
+# a GPU 5 TFLOP/s, under 1 % of an MI300X's or H100's dense bf16 peak.
 BUILD_ALLOWANCE_S = 300.0
-SLOWEST_FLOPS_PER_S = 5e9
+COMPILE_ALLOWANCE_S = 900.0
+SLOWEST_FLOPS_PER_S = {"cpu": 5e9, "gpu": 5e12}
 MIN_STEP_ALLOWANCE_S = 1.0
 
 
@@ -46,16 +49,19 @@ def flops_per_sample(model: ModelConfig) -> float:
     return 3 * 2 * model.num_blocks * (pair + msa)
 
 
-def default_time_limit_s(spec: TrialSpec) -> float:
+def default_time_limit_s(spec: TrialSpec, use_gpu: bool = False) -> float:
     steps = spec.train.warmup_steps + spec.train.num_steps
-    per_step = max(
-        MIN_STEP_ALLOWANCE_S, spec.train.batch_size * flops_per_sample(spec.model) / SLOWEST_FLOPS_PER_S
-    )
-    return spec.start_timeout_s + BUILD_ALLOWANCE_S + steps * per_step
+    speed = SLOWEST_FLOPS_PER_S["gpu" if use_gpu else "cpu"]
+    per_step = max(MIN_STEP_ALLOWANCE_S, spec.train.batch_size * flops_per_sample(spec.model) / speed)
+    build = BUILD_ALLOWANCE_S + (COMPILE_ALLOWANCE_S if spec.train.compile != "none" else 0.0)
+    return spec.start_timeout_s + build + steps * per_step
 
 
-def time_limit_s(spec: TrialSpec) -> float:
-    return spec.trial_timeout_s if spec.trial_timeout_s is not None else default_time_limit_s(spec)
+def time_limit_s(spec: TrialSpec, use_gpu: bool = False) -> float:
+    """The trial's wall-time limit: its `trial_timeout_s`, or one derived from its work."""
+    if spec.trial_timeout_s is not None:
+        return spec.trial_timeout_s
+    return default_time_limit_s(spec, use_gpu)
 
 
 # --- worker side ----------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def run_trial(
     records = None
     if error is None:
         try:
-            records = _fit(spec, use_gpu, deadline=t0 + faults.time_limit_s(spec))
+            records = _fit(spec, use_gpu, deadline=t0 + faults.time_limit_s(spec, use_gpu))
         except TrialFailedError as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
@@ -137,7 +137,7 @@ def make_trainer(
 
     from tinyfold_ray.train.worker import train_worker
 
-    limit = faults.time_limit_s(spec)
+    limit = faults.time_limit_s(spec, use_gpu)
     deadline = deadline if deadline is not None else time.time() + limit
     # The worker group's start and the process group's collectives (TorchConfig.timeout_s, 1,800 s by
     # default) wait no longer than the trial may run.
