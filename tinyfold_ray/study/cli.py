@@ -80,18 +80,24 @@ def _run(args, spec, output: str) -> int:
         concurrent=concurrent,
     )
     _print_summary(report.location)
+    codes = []
+    if report.failed:
+        print_line(f"{len(report.failed)} trial(s) failed: {', '.join(report.failed)}")
+        codes.append(EXIT_TRIAL_FAILED)
+    if report.interrupted:
+        print_line(f"interrupted: {report.not_run} trial(s) not run; run the same command again to resume")
+        codes.append(EXIT_INTERRUPTED)
     if report.fallbacks:
+        # Last, so that it is the line a user sees: measured data is outside the output.
         print_line(
             f"{len(report.fallbacks)} trial(s) could not be written to {output!r}; their rows are in "
             f"{', '.join(report.fallbacks)} (copy that study folder into the output to complete it)"
         )
-        return EXIT_ROWS_IN_FALLBACK
-    if report.interrupted:
-        print_line(f"interrupted: {report.not_run} trial(s) not run; run the same command again to resume")
-        return EXIT_INTERRUPTED
-    if report.failed:
-        print_line(f"{len(report.failed)} trial(s) failed: {', '.join(report.failed)}")
-        return EXIT_TRIAL_FAILED
+        codes.append(EXIT_ROWS_IN_FALLBACK)
+    # Rows outside the output matter most, then an interruption, then failed trials.
+    for code in (EXIT_ROWS_IN_FALLBACK, EXIT_INTERRUPTED, EXIT_TRIAL_FAILED):
+        if code in codes:
+            return code
     return 0
 
 
@@ -103,5 +109,5 @@ def _print_summary(location: str) -> None:
     print(f"results: {location}  (pandas: pd.read_parquet({location!r}))")
     try:
         print(format_table(summarize(load_results(location))))
-    except TinyFoldError as e:
+    except (TinyFoldError, OSError) as e:  # OSError: the output itself failed (see the fallback line)
         print(f"no summary: {e}", file=sys.stderr)

@@ -109,15 +109,23 @@ def clear_notes(run_name: str) -> None:
         pass
 
 
-def make_time_limit_callback(deadline: float, limit_s: float):
-    """A Ray Train worker-group callback that fails every running rank once `deadline` (epoch s) passes.
+# The controller enforces the limit on its health-check polls, which run only once the workers run. A
+# worker frozen while the worker group starts (in Ray's own set-up calls, which wait without a timeout)
+# is caught by a backstop this long after the limit.
+BACKSTOP_GRACE_S = 30.0
+_BACKSTOP_KEY = "backstop"
+
+
+def make_time_limit_callback(deadline: float, limit_s: float, run_name: str):
+    """A Ray Train callback that fails every running rank once `deadline` (epoch s) passes.
 
     Built on demand so that importing this module needs no Ray. The controller polls the workers every
-    health-check interval (1 s), so a trial ends within about that (plus the workers' stop) of its limit.
+    health-check interval (1 s), so a running trial ends within about that (plus the workers' stop) of
+    its limit. The backstop, for a start-up that never returns, runs in the controller's process too.
     """
-    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+    from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
-    class TimeLimit(WorkerGroupCallback):
+    class TimeLimit(WorkerGroupCallback, ControllerCallback):
         def after_worker_group_poll_status(self, worker_group_status) -> None:
             if time.time() < deadline:
                 return
@@ -125,7 +133,67 @@ def make_time_limit_callback(deadline: float, limit_s: float):
                 if status.running and status.error is None:
                     status.error = TrialTimeoutError(limit_s)
 
+        def after_controller_start(self, train_run_context) -> None:
+            import threading
+
+            self._finished = threading.Event()
+            threading.Thread(target=self._backstop, name="tinyfold-time-limit", daemon=True).start()
+
+        def after_controller_finish(self, result) -> None:
+            self._finished.set()
+
+        def _backstop(self) -> None:
+            if self._finished.wait(max(0.0, deadline + BACKSTOP_GRACE_S - time.time())):
+                return
+            note_phase(run_name, _BACKSTOP_KEY, "fired")
+            _release_this_controllers_workers()
+
     return TimeLimit()
+
+
+def _release_this_controllers_workers() -> None:
+    """Kill the worker actors and remove the placement group that this controller process holds.
+
+    Ray Train gives callbacks no handle on a worker group that is still starting, so they are found
+    among the process's objects: a controller actor runs one trial, and with no retries it has at
+    most one worker group. Killing the workers makes the controller's waiting calls fail, and the trial
+    ends through Ray Train's own error path.
+    """
+    import gc
+
+    import ray
+    from ray.train.v2._internal.execution.worker_group.worker import Worker
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, Worker):
+                ray.kill(obj.actor)
+            elif isinstance(obj, PlacementGroup):
+                remove_placement_group(obj)
+        except Exception:  # noqa: BLE001 - already gone: nothing to release
+            pass
+
+
+def backstop_fired(run_name: str) -> bool:
+    from ray.experimental import internal_kv
+
+    try:
+        return bool(internal_kv._internal_kv_get(f"{run_name}/{_BACKSTOP_KEY}", namespace=KV_NAMESPACE))
+    except Exception:  # noqa: BLE001 - see note_phase
+        return False
+
+
+def timeout_reason(limit_s: float, notes: dict[int, dict[str, Any]], num_workers: int) -> str:
+    """The reason for a trial stopped by the backstop: the phase of the rank furthest behind."""
+    errors = {rank: TrialTimeoutError(limit_s) for rank in range(num_workers)}
+    return describe_failure(_Failures(errors), notes, None)
+
+
+class _Failures(Exception):
+    def __init__(self, worker_failures: dict[int, BaseException]):
+        super().__init__("time limit")
+        self.worker_failures = worker_failures
 
 
 def _unwrap(error: BaseException) -> BaseException:

@@ -102,7 +102,11 @@ def _fit(spec: TrialSpec, use_gpu: bool, deadline: float) -> list[dict[str, Any]
         # Ray Train's worker-group error carries each failed rank's exception; the workers' notes add
         # where each rank ran and what it was doing.
         alive = {n["NodeID"] for n in _ray_nodes() if n.get("Alive")}
-        reason = faults.describe_failure(e, faults.read_notes(name, spec.num_workers), alive)
+        notes = faults.read_notes(name, spec.num_workers)
+        if faults.backstop_fired(name):
+            reason = faults.timeout_reason(faults.time_limit_s(spec, use_gpu), notes, spec.num_workers)
+        else:
+            reason = faults.describe_failure(e, notes, alive)
         if reason is None:
             raise
         raise TrialFailedError(reason) from e
@@ -137,6 +141,7 @@ def make_trainer(
 
     from tinyfold_ray.train.worker import train_worker
 
+    run_name = name or f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}"
     limit = faults.time_limit_s(spec, use_gpu)
     deadline = deadline if deadline is not None else time.time() + limit
     # The worker group's start and the process group's collectives (TorchConfig.timeout_s, 1,800 s by
@@ -158,11 +163,11 @@ def make_trainer(
             placement_strategy=spec.placement_strategy,
         ),
         run_config=RunConfig(
-            name=name or f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}",
+            name=run_name,
             # No retries: a failed trial is a result, and a retry would time something else.
             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
             worker_runtime_env={"env_vars": WORKER_ENV},
-            callbacks=[faults.make_time_limit_callback(deadline, limit)],
+            callbacks=[faults.make_time_limit_callback(deadline, limit, run_name)],
         ),
     )
 
