@@ -104,8 +104,10 @@ def test_a_corrupt_result_file_is_set_aside_and_its_trial_runs_again(tmp_path):
     again = subprocess.run(study_cmd(path, out), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "Traceback" not in again.stderr
-    (line,) = [line for line in again.stderr.splitlines() if str(bad) in line]
-    assert "set aside" in line
+    (line,) = [
+        line for line in again.stderr.splitlines() if line.startswith(f"tinyfold-ray: result file {bad} ")
+    ]
+    assert "is unreadable" in line and "set aside" in line
     assert "resuming: 1 finished trial(s) kept and skipped" in again.stdout
     trials = pd.read_parquet(out / "corrupt")
     assert sorted(trials.trial_id) == ["w1-r0", "w1-r1"] and set(trials.status) == {"ok"}

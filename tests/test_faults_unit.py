@@ -183,7 +183,9 @@ def test_a_corrupt_file_is_set_aside_by_the_resume_scan_and_its_trial_runs_again
     (tmp_path / broken).write_bytes((tmp_path / broken).read_bytes()[:40])  # a truncated write
     assert existing_trials(str(tmp_path), "s") == {"w1-r0": "ok"}
     err = capsys.readouterr().err.strip().splitlines()
-    assert any(str(tmp_path / broken) in line and "set aside" in line for line in err)
+    assert len(err) == 2  # the unreadable file, then its companion
+    assert err[0].startswith(f"tinyfold-ray: result file {tmp_path / broken} is unreadable (")
+    assert f": set aside as {tmp_path / broken.rsplit('/', 1)[0]}/_corrupt/" in err[0]
     assert not (tmp_path / "s" / "w2-r0.parquet").exists()
     assert not (tmp_path / "s" / "_steps" / "w2-r0.parquet").exists()
     assert len(list((tmp_path / "s" / "_corrupt").iterdir())) >= 1

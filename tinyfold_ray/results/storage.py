@@ -67,9 +67,9 @@ def atomic_write(fs: pafs.FileSystem, directory: str, name: str, write: Callable
     return final
 
 
-def set_aside(fs: pafs.FileSystem, path: str, reason: BaseException) -> str:
-    """Move an unreadable result file into `_corrupt/` beside it (readers skip `_` folders), say so in
-    one line, and return where it went. Its trial then counts as not run, and runs again."""
+def set_aside(fs: pafs.FileSystem, path: str, reason: str) -> str:
+    """Move a result file into `_corrupt/` beside it (readers skip `_` folders), say why in one line,
+    and return where it went. Its trial then counts as not run, and runs again."""
     directory, name = path.rsplit("/", 1)
     target_dir = f"{directory}/_corrupt"
     target = f"{target_dir}/{name}.{time.strftime('%Y%m%dT%H%M%S')}"
@@ -79,8 +79,7 @@ def set_aside(fs: pafs.FileSystem, path: str, reason: BaseException) -> str:
     except OSError:
         target = path  # a read-only location: the file stays and is reported again on the next scan
     print(
-        f"tinyfold-ray: unreadable result file {path} ({one_line(reason)}) set aside"
-        + (f" as {target}" if target != path else ""),
+        f"tinyfold-ray: result file {path} {reason}: set aside" + (f" as {target}" if target != path else ""),
         file=sys.stderr,
         flush=True,
     )

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tinyfold_ray.results.schema import SCHEMA_VERSION, STEP_SCHEMA, STEPS_DIR, TRIAL_SCHEMA
-from tinyfold_ray.results.storage import atomic_write, parquet_files, resolve, set_aside
+from tinyfold_ray.results.storage import atomic_write, one_line, parquet_files, resolve, set_aside
 
 
 def _table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -45,28 +45,27 @@ def write_trial(
 def existing_trials(output: str, study: str) -> dict[str, str]:
     """trial_id -> status of every trial row already written for this study.
 
-    A trial file that cannot be read, or an ok trial whose steps file cannot, is set aside (moved to
-    `_corrupt/`, one line on stderr) and its trial is left out, so that it runs again.
+    A trial file that cannot be read, or an ok trial whose steps file cannot, is set aside with its
+    companion (moved to `_corrupt/`, one line each on stderr) and its trial left out, so that it runs
+    again.
     """
     fs, root = resolve(output)
     found = {}
     for path in parquet_files(fs, f"{root}/{study}"):
+        directory, name = path.rsplit("/", 1)
+        steps_path = f"{directory}/{STEPS_DIR}/{name}"
+        reading = path
         try:
             table = pq.read_table(path, filesystem=fs, columns=["trial_id", "status"])
             if "ok" in table["status"].to_pylist():
-                steps = path.rsplit("/", 1)
-                pq.read_metadata(f"{steps[0]}/{STEPS_DIR}/{steps[1]}", filesystem=fs)
+                reading = steps_path
+                pq.read_metadata(steps_path, filesystem=fs)
         except (OSError, pa.ArrowException) as e:
-            _set_aside_trial(fs, path, e)
+            companion = steps_path if reading == path else path
+            set_aside(fs, reading, f"is unreadable ({one_line(e)})")
+            if fs.get_file_info(companion).type == pafs.FileType.File:
+                set_aside(fs, companion, f"belongs to the same trial as the unreadable {reading}")
             continue
         for trial_id, status in zip(table["trial_id"].to_pylist(), table["status"].to_pylist()):
             found[trial_id] = status
     return found
-
-
-def _set_aside_trial(fs, path: str, error: BaseException) -> None:
-    """Set aside a trial file and its steps file (whichever of them is unreadable, both go)."""
-    directory, name = path.rsplit("/", 1)
-    for part in (f"{directory}/{STEPS_DIR}/{name}", path):
-        if fs.get_file_info(part).type == pafs.FileType.File:
-            set_aside(fs, part, error)

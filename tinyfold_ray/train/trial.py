@@ -1,7 +1,8 @@
 """Run one trial on Ray Train and write its Parquet: a trial row and its per-(rank, step) rows.
 
-Failure is data: an infeasible request, a worker that raises, an out-of-memory or a non-finite loss
-ends as a row with status 'failed' and the reason, never as a crash of the caller.
+Failure is data: an infeasible request, a worker that raises, dies or hangs, a lost node, an
+out-of-memory, a non-finite loss or a trial past its time limit ends as a row with status 'failed' and
+a reason naming the rank, host and cause (train/faults.py), never as a crash of the caller.
 """
 
 from __future__ import annotations
@@ -94,8 +95,13 @@ def run_trial(
     return outcome
 
 
+def _run_name(spec: TrialSpec) -> str:
+    """Unique per fit: it also keys the workers' phase notes (train/faults.py)."""
+    return f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}"
+
+
 def _fit(spec: TrialSpec, use_gpu: bool, deadline: float) -> list[dict[str, Any]]:
-    name = f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}"
+    name = _run_name(spec)
     try:
         result = make_trainer(spec, use_gpu, deadline=deadline, name=name).fit()
     except Exception as e:
@@ -141,7 +147,7 @@ def make_trainer(
 
     from tinyfold_ray.train.worker import train_worker
 
-    run_name = name or f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}"
+    run_name = name or _run_name(spec)
     limit = faults.time_limit_s(spec, use_gpu)
     deadline = deadline if deadline is not None else time.time() + limit
     # The worker group's start and the process group's collectives (TorchConfig.timeout_s, 1,800 s by
