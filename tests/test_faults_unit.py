@@ -227,6 +227,16 @@ def test_a_lock_left_by_a_dead_driver_is_taken_over(tmp_path):
     assert not (tmp_path / ".s.lock").exists()
 
 
+def test_a_lock_whose_pid_was_reused_is_taken_over(tmp_path):
+    # This process's pid, but recorded with another start time: the driver that wrote it is gone.
+    stale = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": "1", "started": "2026-01-01"}
+    (tmp_path / ".s.lock").write_text(json.dumps(stale))
+    said = []
+    with study_lock(str(tmp_path), "s", say=said.append):
+        pass
+    assert said and "took over" in said[0]
+
+
 def test_the_study_cli_refuses_a_second_driver_at_once(tmp_path):
     study = tmp_path / "s.yaml"
     study.write_text("name: s\nsweep: {num_workers: [1]}\n")

@@ -3,7 +3,7 @@
 Two drivers on the same study and output would plan the same trials and write them twice. The lock is
 `<output>/.<study>.lock` (its leading '.' hides it from pandas and pyarrow), holding the host, pid and
 start time of its driver. A local lock is created atomically (O_EXCL). A lock whose driver is gone
-(same host, pid no longer running) is taken over; a lock from another host is taken over only when
+(same host, pid no longer running, or running but started at another time: a reused pid) is taken over; a lock from another host is taken over only when
 its heartbeat, refreshed by the running driver every HEARTBEAT_S, is older than STALE_AFTER_S.
 On a URI output the lock is best effort: object stores have no exclusive create.
 """
@@ -47,9 +47,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), which tells a reused pid from the lock's driver."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def _is_stale(holder: dict[str, Any]) -> bool:
     if holder.get("host") == socket.gethostname():
-        return not _pid_alive(int(holder.get("pid", -1)))
+        pid = int(holder.get("pid", -1))
+        if not _pid_alive(pid):
+            return True
+        recorded = holder.get("pid_start")
+        return recorded is not None and _process_start(pid) not in (None, recorded)
     return time.time() - float(holder.get("heartbeat", 0)) > STALE_AFTER_S
 
 
@@ -66,6 +78,7 @@ class _Lock:
         self.record = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid()),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "heartbeat": time.time(),
         }
