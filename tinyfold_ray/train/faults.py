@@ -8,7 +8,9 @@ rank, the host and the phase; the cause comes from Ray Train's structured `Worke
 The time limit is enforced inside the Ray Train controller (a worker-group callback): past the deadline
 it marks every still-running rank as failed with `TrialTimeoutError`. The controller then handles it
 like any worker failure: it stops the workers (killing those that do not answer, a SIGSTOPped one
-included), removes their placement group and returns the error to the driver.
+included), removes their placement group and returns the error to the driver. A worker frozen while
+the group still starts (where the controller waits without a timeout) is released by a backstop thread
+in the controller's process, BACKSTOP_GRACE_S after the limit.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def flops_per_sample(model: ModelConfig) -> float:
     """Rough forward+backward FLOPs of one sample (3x the forward's matmuls; the pair track dominates).
 
     Counts the c_z x c_z projections of the pair track (about 28 per block), its R^3 triangle terms and
-    the MSA track's projections; at the defaults it gives about 60 GFLOP against 66.6 measured.
+    the MSA track's projections; at the defaults it gives 64.5 GFLOP against the 66.6 measured.
     """
     r, s, c_z, c_m = model.seq_len, model.num_seqs, model.c_z, model.c_m
     pair = r * r * (28 * c_z * c_z + 6 * r * c_z)
@@ -67,7 +69,7 @@ def time_limit_s(spec: TrialSpec, use_gpu: bool = False) -> float:
 # --- worker side ----------------------------------------------------------------------------------------
 
 
-def note_phase(run_name: str, rank: int, phase: str, **info: Any) -> None:
+def note_phase(run_name: str, rank: int | str, phase: str, **info: Any) -> None:
     """Record that `rank` entered `phase` (best effort: a trial never fails for want of a note)."""
     from ray.experimental import internal_kv
 
