@@ -84,6 +84,7 @@ def trial(**overrides):
         "cuda_version": "12.8",
         "hip_version": None,
         "git_commit": "abc1234",
+        "env_vars": "{}",
     }
     assert set(row) == set(TRIAL_COLUMNS), "the helper must fill every schema column"
     row.update(overrides)
