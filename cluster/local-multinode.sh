@@ -9,7 +9,13 @@
 # Usage:
 #   cluster/local-multinode.sh [start]   start the head and the worker nodes, wait until all joined
 #   cluster/local-multinode.sh status    `ray status` of the running local cluster
-#   cluster/local-multinode.sh stop      `ray stop`: stops every Ray process of this user on this machine
+#   cluster/local-multinode.sh stop      stop the nodes this script started, and nothing else
+#
+# Each node runs as `ray start --block` in the background; the script keeps their pids in
+# RAY_LOCAL_STATE_DIR. `stop` sends SIGTERM to those (worker nodes first, then the head; on SIGTERM
+# `ray start --block` stops its node's processes) and SIGKILL to any still there after
+# RAY_STOP_TIMEOUT_S. It never runs `ray stop`, which would end every Ray process of this user on the
+# machine, another study's embedded Ray included.
 #
 # Settings (environment variables, default in brackets):
 #   NUM_WORKER_NODES [2]      worker nodes besides the head
@@ -22,6 +28,8 @@
 #   RAY_AUTH_TOKEN_PATH [~/.ray/auth_token]  the token file; created (mode 600) when missing
 #   RAY_JOIN_TIMEOUT_S [120]  how long to wait for all nodes to join before giving up
 #   RAY_POLL_INTERVAL_S [2]   seconds between two checks of the node count
+#   RAY_STOP_TIMEOUT_S [30]   how long a node may take to stop after SIGTERM before it is killed
+#   RAY_LOCAL_STATE_DIR [~/.ray/local-multinode-RAY_PORT]  pids and logs of the nodes started here
 #   RAY_BIN [ray]             the ray executable
 #
 # Ray pin: ray[train,tune]==2.60.0 (pyproject.toml); the script refuses any other ray version.
@@ -43,7 +51,10 @@ RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 RAY_AGENT_PORT_BASE="${RAY_AGENT_PORT_BASE:-52365}"
 RAY_JOIN_TIMEOUT_S="${RAY_JOIN_TIMEOUT_S:-120}"
 RAY_POLL_INTERVAL_S="${RAY_POLL_INTERVAL_S:-2}"
+RAY_STOP_TIMEOUT_S="${RAY_STOP_TIMEOUT_S:-30}"
 RAY_BIN="${RAY_BIN:-ray}"
+RAY_LOCAL_STATE_DIR="${RAY_LOCAL_STATE_DIR:-$HOME/.ray/local-multinode-${RAY_PORT}}"
+readonly PID_FILE="${RAY_LOCAL_STATE_DIR}/pids"
 
 readonly LOOPBACK="127.0.0.1"
 readonly GCS_ADDRESS="${LOOPBACK}:${RAY_PORT}"
@@ -105,21 +116,67 @@ wait_for_nodes() {  # expected
         fi
         if ((SECONDS - start >= RAY_JOIN_TIMEOUT_S)); then
             echo "local-multinode: ERROR: only ${alive} of ${expected} Ray nodes joined within" \
-                "${RAY_JOIN_TIMEOUT_S} s; see the logs in /tmp/ray/session_latest/logs" >&2
+                "${RAY_JOIN_TIMEOUT_S} s; see ${RAY_LOCAL_STATE_DIR}/*.log and /tmp/ray/session_latest/logs" >&2
             return 1
         fi
         sleep "$RAY_POLL_INTERVAL_S"
     done
 }
 
+# The pids of the nodes this script started that still run (head first), one per line.
+live_pids() {
+    [[ -f "$PID_FILE" ]] || return 0
+    local pid
+    while read -r pid; do
+        [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+    done <"$PID_FILE"
+}
+
+start_node() {  # name, then the arguments of `ray start`
+    local name="$1"
+    shift
+    # --block keeps the node under this pid, so that `stop` can end exactly this node. Its output goes
+    # to a log file: the script must not hold its caller's terminal or pipes open.
+    nohup "$RAY_BIN" start "$@" --block >"${RAY_LOCAL_STATE_DIR}/${name}.log" 2>&1 &
+    echo "$!" >>"$PID_FILE"
+}
+
+stop_nodes() {  # SIGTERM each node started here, worker nodes first; SIGKILL what outlives the timeout
+    local -a pids=()
+    mapfile -t pids < <(live_pids)
+    if ((${#pids[@]} == 0)); then
+        echo "local-multinode: no node started by this script is running"
+        rm -f "$PID_FILE"
+        return 0
+    fi
+    local i pid deadline
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        pid="${pids[$i]}"
+        echo "local-multinode: stopping node pid ${pid}"
+        kill -TERM "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + RAY_STOP_TIMEOUT_S))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+            sleep 0.2
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -f "$PID_FILE"
+}
+
 start_cluster() {
     require_int NUM_WORKER_NODES "$NUM_WORKER_NODES"
     require_int RAY_JOIN_TIMEOUT_S "$RAY_JOIN_TIMEOUT_S"
+    require_int RAY_STOP_TIMEOUT_S "$RAY_STOP_TIMEOUT_S"
     check_ray_version
+    mkdir -p "$RAY_LOCAL_STATE_DIR"
+    if [[ -n "$(live_pids)" ]]; then
+        die "nodes started by this script still run (pids in ${PID_FILE}); run '$0 stop' first"
+    fi
+    : >"$PID_FILE"
     setup_auth
 
     echo "local-multinode: starting the head node on ${GCS_ADDRESS}"
-    "$RAY_BIN" start --head \
+    start_node head --head \
         --node-ip-address="$LOOPBACK" \
         --port="$RAY_PORT" \
         --dashboard-host="$LOOPBACK" \
@@ -127,6 +184,10 @@ start_cluster() {
         --num-cpus="$HEAD_NUM_CPUS" \
         --num-gpus=0 \
         --disable-usage-stats
+    if ! wait_for_nodes 1; then
+        stop_nodes
+        exit 1
+    fi
 
     local i
     local -a resources=()
@@ -135,7 +196,7 @@ start_cluster() {
         echo "local-multinode: starting worker node ${i}/${NUM_WORKER_NODES}"
         # Nodes on one host share it: each dashboard agent needs its own HTTP port, and one log
         # monitor (the head's) per host is enough, or every log line reaches the driver twice.
-        "$RAY_BIN" start \
+        start_node "worker-${i}" \
             --address="$GCS_ADDRESS" \
             --node-ip-address="$LOOPBACK" \
             --num-cpus="$WORKER_NUM_CPUS" \
@@ -148,7 +209,7 @@ start_cluster() {
 
     local expected=$((NUM_WORKER_NODES + 1))
     if ! wait_for_nodes "$expected"; then
-        "$RAY_BIN" stop || true
+        stop_nodes
         exit 1
     fi
 
@@ -173,7 +234,7 @@ main() {
     local command="${1:-start}"
     case "$command" in
         start) start_cluster ;;
-        stop) "$RAY_BIN" stop ;;
+        stop) stop_nodes ;;
         status)
             auth_env
             "$RAY_BIN" status --address "$GCS_ADDRESS"

@@ -614,9 +614,16 @@ def test_local_multinode_start_is_loopback_only_with_token_auth(fake_env):
     assert "export RAY_ADDRESS=127.0.0.1:6379" in result.stdout
     assert "ray job submit --address http://127.0.0.1:8265" in result.stdout
 
+    # Every node runs under `ray start --block`, and `stop` ends exactly those: worker nodes first,
+    # the head last, and never `ray stop` (which would end every Ray process of the user).
+    assert all("--block" in c["argv"] for c in starts)
     stopped = _run_local(env, "stop")
-    assert stopped.returncode == 0
-    assert _is_ray(_calls(log_path)[-1], "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    calls = _calls(log_path)
+    terms = [c for c in calls if c.get("event") == "sigterm"]
+    assert len(terms) == 4 and "--head" in terms[-1]["argv"]
+    assert not [c for c in calls if _is_ray(c, "stop")]
+    assert "no node started by this script" in _run_local(env, "stop").stdout
 
 
 def test_local_multinode_keeps_an_existing_token(fake_env):
@@ -626,16 +633,30 @@ def test_local_multinode_keeps_an_existing_token(fake_env):
     token.chmod(0o600)
     result = _run_local(env, NUM_WORKER_NODES="1", RAY_AUTH_TOKEN_PATH=str(token))
     assert result.returncode == 0, result.stderr
+    _run_local(env, "stop")
     assert token.read_text() == "a" * 64
     assert {c["env"]["RAY_AUTH_TOKEN_PATH"] for c in _calls(log_path) if _is_ray(c, "start")} == {str(token)}
 
 
-def test_local_multinode_bounded_wait_stops_ray(fake_env):
+def test_local_multinode_bounded_wait_stops_the_nodes_it_started(fake_env):
     env, log_path = fake_env
     result = _run_local(env, NUM_WORKER_NODES="2", FAKE_RAY_MAX_NODES="1", RAY_JOIN_TIMEOUT_S="2")
     assert result.returncode != 0
     assert "only 1 of 3 Ray nodes joined within 2 s" in result.stderr
-    assert _is_ray(_calls(log_path)[-1], "stop")
+    calls = _calls(log_path)
+    assert len([c for c in calls if c.get("event") == "sigterm"]) == 3
+    assert not [c for c in calls if _is_ray(c, "stop")]
+
+
+def test_local_multinode_refuses_a_second_start_while_its_nodes_run(fake_env):
+    env, log_path = fake_env
+    assert _run_local(env, NUM_WORKER_NODES="1").returncode == 0
+    again = _run_local(env, NUM_WORKER_NODES="1")
+    assert again.returncode != 0 and "still run" in again.stderr
+    assert len([c for c in _calls(log_path) if _is_ray(c, "start")]) == 2  # the first start's nodes only
+    assert _run_local(env, "stop").returncode == 0
+    assert _run_local(env, NUM_WORKER_NODES="1").returncode == 0  # stopped: a new start is fine
+    _run_local(env, "stop")
 
 
 def test_local_multinode_refuses_other_ray_versions(fake_env):

@@ -297,6 +297,8 @@ class TrialSpec:
     """torch.distributed backend override; None = nccl on GPU, gloo on CPU."""
     start_timeout_s: float = 120.0
     """Longest wait for the worker group to start before the trial fails."""
+    trial_timeout_s: float | None = None
+    """Longest wall time of the whole trial (start-up to teardown); None = derived from its work."""
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
@@ -319,6 +321,8 @@ class TrialSpec:
         _choice("placement_strategy", self.placement_strategy, PLACEMENT_STRATEGIES)
         _require(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "must be > 0")
         _require(self.start_timeout_s > 0, "start_timeout_s", self.start_timeout_s, "must be > 0")
+        if self.trial_timeout_s is not None:
+            _require(self.trial_timeout_s > 0, "trial_timeout_s", self.trial_timeout_s, "must be > 0")
         if self.comm_backend is not None:
             _choice("comm_backend", self.comm_backend, ("nccl", "gloo"))
         # DDP all-reduces gradients in autograd hooks outside the captured graphs, into bucket views

@@ -27,3 +27,18 @@ class TrainingError(TinyFoldError, RuntimeError):
 
 class TrialFailedError(TinyFoldError, RuntimeError):
     """A trial could not produce a result; the reason becomes the failed row's `error`."""
+
+
+class TrialTimeoutError(TrialFailedError):
+    """A trial ran past its time limit (raised for each rank still running at the deadline)."""
+
+    def __init__(self, limit_s: float):
+        super().__init__(limit_s)  # args carry limit_s, so the error pickles from the controller
+        self.limit_s = limit_s
+
+    def __str__(self) -> str:
+        return f"the trial ran past its time limit of {self.limit_s:.0f} s"
+
+
+class StorageError(TinyFoldError, OSError):
+    """The results location cannot be written or read."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import sys
 
 import pandas as pd
 import pyarrow as pa
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 
 from tinyfold_ray.errors import ConfigError
 from tinyfold_ray.results.schema import ATTEMPTS_DIR, STEP_SCHEMA, STEPS_DIR, TRIAL_SCHEMA
-from tinyfold_ray.results.storage import parquet_files, resolve, visible_entries
+from tinyfold_ray.results.storage import one_line, parquet_files, resolve, visible_entries
 
 __all__ = ["load_results"]
 
@@ -61,7 +62,10 @@ def load_results(path: str | os.PathLike, steps: bool = False, attempts: bool = 
         sort_by = ["study", "num_workers", "repeat", "trial_id", "attempt"]
         schema = TRIAL_SCHEMA
 
-    table = pa.concat_tables([_read_conformed(fs, f, schema) for f in files], promote_options="permissive")
+    tables = [t for t in (_read_conformed(fs, f, schema) for f in files) if t is not None]
+    if not tables:
+        raise ConfigError(f"no readable results in {location!r}: every result file was skipped")
+    table = pa.concat_tables(tables, promote_options="permissive")
     df = table.to_pandas()
     return df.sort_values(sort_by, na_position="last", kind="stable", ignore_index=True)
 
@@ -74,12 +78,17 @@ def _study_dirs(fs: pafs.FileSystem, base: str) -> list[str]:
     return [d for d in subdirs if parquet_files(fs, d)]
 
 
-def _read_conformed(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table:
-    """Read one part file and bring it to ``schema``: missing columns as nulls, known columns cast."""
+def _read_conformed(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table | None:
+    """Read one part file and bring it to ``schema``: missing columns as nulls, known columns cast.
+
+    An unreadable (corrupt, truncated) file is skipped with one line on stderr naming it: one bad
+    file must not hide a whole study. The study's next run sets it aside and runs its trial again.
+    """
     try:
         table = pq.read_table(path, filesystem=fs)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ConfigError(f"cannot read result file {path!r}: {exc}") from exc
+    except (OSError, pa.ArrowException) as exc:
+        print(f"tinyfold-ray: skipping unreadable result file {path}: {one_line(exc)}", file=sys.stderr)
+        return None
     columns: list[pa.ChunkedArray | pa.Array] = []
     for field in schema:
         if field.name not in table.column_names:

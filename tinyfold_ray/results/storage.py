@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 import uuid
 from collections.abc import Callable
 
@@ -75,3 +77,27 @@ def atomic_write(fs: pafs.FileSystem, directory: str, name: str, write: Callable
         if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
             fs.delete_file(tmp)
     return final
+
+
+def set_aside(fs: pafs.FileSystem, path: str, reason: str) -> str:
+    """Move a result file into `_corrupt/` beside it (readers skip `_` folders), say why in one line,
+    and return where it went. Its trial then counts as not run, and runs again."""
+    directory, name = path.rsplit("/", 1)
+    target_dir = f"{directory}/_corrupt"
+    target = f"{target_dir}/{name}.{time.strftime('%Y%m%dT%H%M%S')}"
+    try:
+        fs.create_dir(target_dir, recursive=True)
+        fs.move(path, target)
+    except OSError:
+        target = path  # a read-only location: the file stays and is reported again on the next scan
+    print(
+        f"tinyfold-ray: result file {path} {reason}: set aside" + (f" as {target}" if target != path else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    return target
+
+
+def one_line(error: BaseException | None) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]

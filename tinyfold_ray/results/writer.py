@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tinyfold_ray.results.schema import ATTEMPTS_DIR, SCHEMA_VERSION, STEP_SCHEMA, STEPS_DIR, TRIAL_SCHEMA
-from tinyfold_ray.results.storage import atomic_write, parquet_files, resolve
+from tinyfold_ray.results.storage import atomic_write, one_line, parquet_files, resolve, set_aside
 
 
 def _table(rows: Sequence[dict[str, Any]], schema: pa.Schema, attempt: int) -> pa.Table:
@@ -78,10 +78,29 @@ def _keep_previous_attempt(fs: pafs.FileSystem, study_dir: str, trial_id: str) -
 
 def existing_trials(output: str, study: str) -> dict[str, dict[str, Any]]:
     """trial_id -> the latest row already written for this study (as a dict; schema-1 rows lack the
-    columns that version 2 added)."""
+    columns that version 2 added).
+
+    A trial file that cannot be read, or an ok trial whose steps file cannot, is set aside with its
+    companion (moved to `_corrupt/`, one line each on stderr) and its trial left out, so that it runs
+    again.
+    """
     fs, root = resolve(output)
     found = {}
     for path in parquet_files(fs, f"{root}/{study}"):
-        for row in pq.read_table(path, filesystem=fs).to_pylist():
+        directory, name = path.rsplit("/", 1)
+        steps_path = f"{directory}/{STEPS_DIR}/{name}"
+        reading = path
+        try:
+            rows = pq.read_table(path, filesystem=fs).to_pylist()
+            if any(row["status"] == "ok" for row in rows):
+                reading = steps_path
+                pq.read_metadata(steps_path, filesystem=fs)
+        except (OSError, pa.ArrowException) as e:
+            companion = steps_path if reading == path else path
+            set_aside(fs, reading, f"is unreadable ({one_line(e)})")
+            if fs.get_file_info(companion).type == pafs.FileType.File:
+                set_aside(fs, companion, f"belongs to the same trial as the unreadable {reading}")
+            continue
+        for row in rows:
             found[row["trial_id"]] = row
     return found

@@ -12,6 +12,7 @@ from tinyfold_ray.study.expand import expand
 from tinyfold_ray.study.spec import load_study
 
 EXIT_TRIAL_FAILED = 1
+EXIT_ROWS_IN_FALLBACK = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -52,19 +53,36 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
 
-    from tinyfold_ray.ray_session import connect
-    from tinyfold_ray.results.provenance import git_commit
-    from tinyfold_ray.study.runner import check_cluster, plan, print_line, run_study
+    from tinyfold_ray.study.lock import study_lock
+    from tinyfold_ray.study.runner import print_line
 
     warning = job_working_dir_warning(given, output)
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    # One driver per study and output, from before the resume scan to the end.
+    with study_lock(output, spec.name, say=print_line):
+        return _run(args, spec, output)
+
+
+def _run(args, spec, output: str) -> int:
+    from tinyfold_ray.ray_session import connect
+    from tinyfold_ray.results.provenance import git_commit
+    from tinyfold_ray.results.safe_write import check_writable
+    from tinyfold_ray.study.runner import check_cluster, plan, print_line, run_study
+
     todo, finished = plan(spec, output, rerun=args.rerun)
     if finished:
         print_line(f"resuming: {len(finished)} finished trial(s) kept and skipped")
+    concurrent = None
     if todo:
         print_line(f"study {spec.name}: {len(todo)} trial(s) to run on {connect(verbose=args.verbose)}")
-        check_cluster(spec, todo, output)
+        concurrent = check_cluster(spec, todo, output)
+        if concurrent < spec.max_concurrent_trials:
+            print_line(
+                f"max_concurrent_trials {spec.max_concurrent_trials} lowered to {concurrent}: "
+                "no more of the largest trials fit the cluster together"
+            )
+        check_writable(output, spec.name)
     report = run_study(
         spec,
         output,
@@ -73,14 +91,27 @@ def main(argv: list[str] | None = None) -> int:
         git_commit=git_commit(),
         progress=print_line,
         verbose=args.verbose,
+        concurrent=concurrent,
     )
     _print_summary(report.location)
-    if report.interrupted:
-        print_line(f"interrupted: {report.not_run} trial(s) not run; run the same command again to resume")
-        return EXIT_INTERRUPTED
+    codes = []
     if report.failed:
         print_line(f"{len(report.failed)} trial(s) failed: {', '.join(report.failed)}")
-        return EXIT_TRIAL_FAILED
+        codes.append(EXIT_TRIAL_FAILED)
+    if report.interrupted:
+        print_line(f"interrupted: {report.not_run} trial(s) not run; run the same command again to resume")
+        codes.append(EXIT_INTERRUPTED)
+    if report.fallbacks:
+        # Last, so that it is the line a user sees: measured data is outside the output.
+        print_line(
+            f"{len(report.fallbacks)} trial(s) could not be written to {output!r}; their rows are in "
+            f"{', '.join(report.fallbacks)} (copy that study folder into the output to complete it)"
+        )
+        codes.append(EXIT_ROWS_IN_FALLBACK)
+    # Rows outside the output matter most, then an interruption, then failed trials.
+    for code in (EXIT_ROWS_IN_FALLBACK, EXIT_INTERRUPTED, EXIT_TRIAL_FAILED):
+        if code in codes:
+            return code
     return 0
 
 
@@ -110,5 +141,5 @@ def _print_summary(location: str) -> None:
     print(f"results: {location}  (pandas: pd.read_parquet({location!r}))")
     try:
         print(format_table(summarize(load_results(location))))
-    except TinyFoldError as e:
+    except (TinyFoldError, OSError) as e:  # OSError: the output itself failed (see the fallback line)
         print(f"no summary: {e}", file=sys.stderr)

@@ -32,6 +32,8 @@ class StudyReport:
     skipped: int
     ok: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+    """Trial files written to the local fallback location because the output could not be written."""
     interrupted: bool = False
 
     @property
@@ -55,9 +57,10 @@ def plan(spec: StudySpec, output: str, *, rerun: bool = False) -> tuple[list[Tri
     return [t for t in trials if t.trial_id not in kept], finished
 
 
-def check_cluster(spec: StudySpec, trials: list[TrialSpec], output: str) -> None:
-    """Refuse, before the first trial, a study that cannot run on the connected cluster."""
-    from tinyfold_ray.train.resources import alive_nodes, check_placement
+def check_cluster(spec: StudySpec, trials: list[TrialSpec], output: str) -> int:
+    """Refuse, before the first trial, a study that cannot run on the connected cluster; return how
+    many trials may run at once (max_concurrent_trials, lowered to what fits the cluster together)."""
+    from tinyfold_ray.train.resources import alive_nodes, check_placement, trials_fit_together
 
     nodes = alive_nodes()
     if len(nodes) > 1 and not is_uri(output) and not spec.output_is_shared:
@@ -69,22 +72,45 @@ def check_cluster(spec: StudySpec, trials: list[TrialSpec], output: str) -> None
         _, reason = check_placement(trial, nodes, TRIAL_DRIVER_CPUS)
         if reason:
             raise StudySpecError(f"{spec.source}: trial {trial.trial_id}: {reason}")
+    # Trials running together share the cluster: a trial whose sibling holds its CPUs or GPUs would
+    # wait for its worker group and fail at the start timeout. Allow only as many at once as the
+    # largest trials fit together, trial drivers included.
+    largest = sorted(trials, key=lambda t: t.num_workers * t.cpus_per_worker, reverse=True)
+    concurrent = min(spec.max_concurrent_trials, len(trials))
+    while concurrent > 1 and not trials_fit_together(largest[:concurrent], nodes, TRIAL_DRIVER_CPUS):
+        concurrent -= 1
+    return concurrent
 
 
-def _run_one(config: dict[str, Any], specs: dict[str, TrialSpec], output: str, git_commit: str | None):
+def _run_one(
+    config: dict[str, Any],
+    specs: dict[str, TrialSpec],
+    output: str,
+    git_commit: str | None,
+    concurrent: int = 1,
+):
     """The Tune function trainable: one trial, then one report that the progress line reads."""
     from ray import tune
 
+    from tinyfold_ray.errors import StorageError
     from tinyfold_ray.train.trial import run_trial
 
-    outcome = run_trial(
-        specs[config["trial_id"]], output, git_commit=git_commit, reserved_cpus=TRIAL_DRIVER_CPUS
-    )
+    try:
+        outcome = run_trial(
+            specs[config["trial_id"]],
+            output,
+            git_commit=git_commit,
+            reserved_cpus=TRIAL_DRIVER_CPUS * concurrent,
+        )
+    except StorageError as e:  # neither the output nor the local fallback could take the rows
+        tune.report({"status": "lost", "error": str(e), "fallback": ""})
+        return
     row = outcome.row
     tune.report(
         {
             "status": row["status"],
             "error": row["error"] or "",
+            "fallback": outcome.fallback or "",
             "throughput_samples_per_sec": row.get("throughput_samples_per_sec") or math.nan,
             "step_time_median_s": row.get("step_time_median_s") or math.nan,
             "num_nodes": row.get("num_nodes") or 0,
@@ -112,8 +138,10 @@ def run_study(
     git_commit: str | None = None,
     progress: Callable[[str], None] = print,
     verbose: bool = False,
+    concurrent: int | None = None,
 ) -> StudyReport:
-    """Run `todo` (already planned and checked) on the connected Ray cluster.
+    """Run `todo` (already planned and checked) on the connected Ray cluster, `concurrent` trials at
+    once (default: the study's max_concurrent_trials; check_cluster says how many fit).
 
     A relative `output` is made absolute here, in the driver: each trial runs in a working directory
     of Tune's own, where a relative path would land in Ray's temporary files.
@@ -134,12 +162,18 @@ def run_study(
     # with each spec (the study's own `env:` still wins), so every trial's workers get them.
     driver_env = forwarded_env(os.environ)
     specs = {t.trial_id: replace(t, env={**driver_env, **t.env}) for t in todo}
+    concurrent = concurrent or spec.max_concurrent_trials
     order = {t.trial_id: i for i, t in enumerate(todo, start=1)}
 
     class Progress(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             tid = trial.config["trial_id"]
             n = f"[{order[tid]}/{len(todo)}]"
+            if result.get("fallback"):
+                report.fallbacks.append(result["fallback"])
+                progress(
+                    f"{n} {tid:<28} output not writable: rows kept in the fallback file {result['fallback']}"
+                )
             if result["status"] == "ok":
                 report.ok.append(tid)
                 progress(
@@ -157,7 +191,9 @@ def run_study(
             progress(f"[{order[tid]}/{len(todo)}] {tid:<28} FAILED: the trial driver crashed (see Ray logs)")
 
     trainable = tune.with_resources(
-        tune.with_parameters(_run_one, specs=specs, output=output, git_commit=git_commit),
+        tune.with_parameters(
+            _run_one, specs=specs, output=output, git_commit=git_commit, concurrent=concurrent
+        ),
         {"CPU": TRIAL_DRIVER_CPUS},
     )
     # Tune's own experiment state is scratch: the Parquet files are the results.
@@ -167,7 +203,7 @@ def run_study(
         param_space={"trial_id": tune.grid_search([t.trial_id for t in todo])},
         # One trial-driver actor serves trial after trial, instead of a new process (and its imports)
         # per trial: the 4-trial cpu-smoke study took 55 s instead of 70 s on 2 cores.
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{int(time.time())}", storage_path=scratch, verbose=0, callbacks=[Progress()]
         ),

@@ -41,6 +41,7 @@ RESOURCE_FIELDS = {
     "placement": "placement_strategy",
     "extra": "resources_per_worker",
     "start_timeout_s": "start_timeout_s",
+    "trial_timeout_s": "trial_timeout_s",
 }
 FILE_KEY_OF = {f: k for k, f in RESOURCE_FIELDS.items()}
 # Sweep axes besides the model/train/ddp fields. batch_size is swept as batch_per_worker (weak) or
@@ -77,6 +78,8 @@ class StudySpec:
     placement: str = "PACK"
     extra_resources: dict[str, float] = field(default_factory=dict)
     start_timeout_s: float = 120.0
+    trial_timeout_s: float | None = None
+    """Wall-time limit of each trial; None = derived from the trial's work (train/faults.py)."""
     env: dict[str, str] = field(default_factory=dict)
     """Environment variables for every worker of every trial."""
     fixed: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +118,7 @@ def resolve(
         resources_per_worker=dict(spec.extra_resources),
         placement_strategy=settings.get("placement_strategy", spec.placement),
         start_timeout_s=spec.start_timeout_s,
+        trial_timeout_s=spec.trial_timeout_s,
         env=dict(spec.env),
         **{name: cls(**sections[name]) for name, cls in SECTIONS.items()},
     )

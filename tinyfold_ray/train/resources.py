@@ -75,6 +75,31 @@ def check_placement(
     return use_gpu, why_it_cannot_fit(bundle, spec.num_workers, spec.placement_strategy, nodes)
 
 
+def trials_fit_together(trials: list[TrialSpec], nodes: list[dict[str, float]], driver_cpus: float) -> bool:
+    """Whether all `trials` can hold their worker groups (and their drivers' CPU slivers) at once.
+
+    First-fit of every worker bundle onto the nodes' free resources; a STRICT_PACK group must fit one
+    node whole. A sufficient check, not an optimal packing: it may refuse a mix that a cleverer
+    placement would fit, never the other way round for the strategies that pack.
+    """
+    free = [dict(n) for n in nodes]
+    cluster_gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    for trial in trials:
+        bundle = worker_bundle(trial, wants_gpu(trial, cluster_gpus))
+        if trial.placement_strategy == "STRICT_PACK":
+            groups = [{k: v * trial.num_workers for k, v in bundle.items()}]
+        else:
+            groups = [bundle] * trial.num_workers
+        groups = [*groups, {"CPU": driver_cpus}]
+        for group in groups:
+            node = next((n for n in free if _fits_on(n, group) >= 1), None)
+            if node is None:
+                return False
+            for name, amount in group.items():
+                node[name] = node.get(name, 0.0) - amount
+    return True
+
+
 def alive_nodes() -> list[dict[str, float]]:
     """Total resources of every alive node of the connected Ray cluster."""
     import ray

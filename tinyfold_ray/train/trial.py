@@ -1,11 +1,13 @@
 """Run one trial on Ray Train and write its Parquet: a trial row and its per-(rank, step) rows.
 
-Failure is data: an infeasible request, a worker that raises, an out-of-memory or a non-finite loss
-ends as a row with status 'failed' and the reason, never as a crash of the caller.
+Failure is data: an infeasible request, a worker that raises, dies or hangs, a lost node, an
+out-of-memory, a non-finite loss or a trial past its time limit ends as a row with status 'failed' and
+a reason naming the rank, host and cause (train/faults.py), never as a crash of the caller.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -17,8 +19,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tinyfold_ray.config import TrialSpec
+from tinyfold_ray.errors import TrialFailedError
+from tinyfold_ray.results.safe_write import store_trial
 from tinyfold_ray.results.schema import config_hash, config_values
-from tinyfold_ray.results.writer import write_trial
+from tinyfold_ray.train import faults
 from tinyfold_ray.train.environment import forwarded_env, recorded_env
 from tinyfold_ray.train.resources import alive_nodes, check_placement
 from tinyfold_ray.train.timing import step_stats
@@ -47,6 +51,8 @@ class TrialOutcome:
     row: dict[str, Any]
     step_rows: list[dict[str, Any]]
     path: str | None = None
+    fallback: str | None = None
+    """Where the rows went instead when the output could not be written (see results/safe_write.py)."""
     phases_s: dict[str, float] = field(default_factory=dict)
     """Where the trial's wall time went: start-up, build, warm-up, measured, teardown."""
 
@@ -61,10 +67,12 @@ def run_trial(
     *,
     git_commit: str | None = None,
     reserved_cpus: float = 0.0,
+    fallback_root: str | None = None,
 ) -> TrialOutcome:
     """Fit one TorchTrainer for `spec`; write its Parquet under `output` (skipped when None).
 
     `reserved_cpus`: CPUs the caller itself holds on the cluster (a Tune trial's own reservation).
+    `fallback_root`: local directory for the rows if `output` cannot be written (default: ~/tinyfold-fallback).
     """
     started = datetime.now(timezone.utc)
     t0 = time.time()
@@ -72,7 +80,9 @@ def run_trial(
     records = None
     if error is None:
         try:
-            records = _fit(spec, use_gpu)
+            records = _fit(spec, use_gpu, deadline=t0 + faults.time_limit_s(spec, use_gpu))
+        except TrialFailedError as e:
+            error = str(e)
         except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
             error = failure_reason(e)
     ended = datetime.now(timezone.utc)
@@ -81,36 +91,79 @@ def run_trial(
     if records:
         outcome.phases_s = _phases(records, t0, time.time())
     if output is not None:
-        outcome.path = write_trial(output, spec.study, outcome.row, outcome.step_rows)
+        outcome.path, outcome.fallback = store_trial(
+            output, spec.study, outcome.row, outcome.step_rows, fallback_root=fallback_root
+        )
     return outcome
 
 
-def _fit(spec: TrialSpec, use_gpu: bool) -> list[dict[str, Any]]:
-    result = make_trainer(spec, use_gpu).fit()
-    if result.error is not None:
-        raise result.error
+def _run_name(spec: TrialSpec) -> str:
+    """Unique per fit: it also keys the workers' phase notes (train/faults.py)."""
+    return f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}"
+
+
+def _fit(spec: TrialSpec, use_gpu: bool, deadline: float) -> list[dict[str, Any]]:
+    name = _run_name(spec)
+    try:
+        result = make_trainer(spec, use_gpu, deadline=deadline, name=name).fit()
+    except Exception as e:
+        # Ray Train's worker-group error carries each failed rank's exception; the workers' notes add
+        # where each rank ran and what it was doing.
+        alive = {n["NodeID"] for n in _ray_nodes() if n.get("Alive")}
+        notes = faults.read_notes(name, spec.num_workers)
+        if faults.backstop_fired(name):
+            reason = faults.timeout_reason(faults.time_limit_s(spec, use_gpu), notes, spec.num_workers)
+        else:
+            reason = faults.describe_failure(e, notes, alive)
+        if reason is None:
+            raise
+        raise TrialFailedError(reason) from e
+    finally:
+        faults.clear_notes(name)
     records = result.return_value
     assert records, "rank 0 returned no records"
     return sorted(records, key=lambda r: r["world_rank"])
 
 
-def make_trainer(spec: TrialSpec, use_gpu: bool, train_fn: Callable[[dict], Any] | None = None):
-    """The TorchTrainer of a trial; `train_fn` replaces the training (the benchmark times an empty one)."""
+def _ray_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return ray.nodes()
+
+
+def make_trainer(
+    spec: TrialSpec,
+    use_gpu: bool,
+    train_fn: Callable[[dict], Any] | None = None,
+    *,
+    deadline: float | None = None,
+    name: str | None = None,
+):
+    """The TorchTrainer of a trial; `train_fn` replaces the training (the benchmark times an empty one).
+
+    `deadline` (epoch seconds, default: the trial's time limit from now) ends the fit: every rank still
+    running then fails with a time-out, and the workers are stopped.
+    """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tinyfold_ray.train.worker import train_worker
 
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(spec.start_timeout_s)
-    for name, value in TRAIN_ENV.items():
-        os.environ.setdefault(name, value)
+    run_name = name or _run_name(spec)
+    limit = faults.time_limit_s(spec, use_gpu)
+    deadline = deadline if deadline is not None else time.time() + limit
+    # The worker group's start and the process group's collectives (TorchConfig.timeout_s, 1,800 s by
+    # default) wait no longer than the trial may run.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(min(spec.start_timeout_s, limit))
+    for variable, value in TRAIN_ENV.items():
+        os.environ.setdefault(variable, value)
 
     requested = spec.device if spec.device != "auto" else ("auto" if use_gpu else "cpu")
     comm = spec.comm_backend or ("nccl" if use_gpu else "gloo")
     return TorchTrainer(
         train_fn or train_worker,
         train_loop_config={"spec": spec, "backend": requested, "use_gpu": use_gpu},
-        torch_config=TorchConfig(backend=comm),
+        torch_config=TorchConfig(backend=comm, timeout_s=max(1, math.ceil(limit))),
         scaling_config=ScalingConfig(
             num_workers=spec.num_workers,
             use_gpu=use_gpu,
@@ -118,10 +171,11 @@ def make_trainer(spec: TrialSpec, use_gpu: bool, train_fn: Callable[[dict], Any]
             placement_strategy=spec.placement_strategy,
         ),
         run_config=RunConfig(
-            name=f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}",
+            name=run_name,
             # No retries: a failed trial is a result, and a retry would time something else.
             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
             worker_runtime_env={"env_vars": {**worker_env(spec), **WORKER_ENV}},
+            callbacks=[faults.make_time_limit_callback(deadline, limit, run_name)],
         ),
     )
 

@@ -7,6 +7,7 @@ driver as `Result.return_value`, so no per-step `ray.train.report` (a barrier) i
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import replace
@@ -29,6 +30,7 @@ from tinyfold_ray.device import (
     torch_device,
 )
 from tinyfold_ray.errors import TrialFailedError
+from tinyfold_ray.train.faults import note_phase
 from tinyfold_ray.train.loop import run_timed_loop
 from tinyfold_ray.train.step import build_training
 
@@ -40,8 +42,19 @@ def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
     spec: TrialSpec = config["spec"]
     ctx = ray.train.get_context()
     rank, local_rank, world = ctx.get_world_rank(), ctx.get_local_rank(), ctx.get_world_size()
+    where = {
+        "host": socket.gethostname(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "pid": os.getpid(),
+    }
 
+    def phase(name: str) -> None:  # what a failure or time-out of this trial will name
+        note_phase(ctx.get_experiment_name(), rank, name, **where)
+
+    phase("build")
     backend, device = worker_device(config["backend"], config["use_gpu"], local_rank)
+    where["device"] = str(device)
+    phase("build")  # again, now naming the device
     train_cfg = spec.train
     if backend == "cpu" and train_cfg.num_threads is None:
         # A CPU worker gets as many threads as CPUs it reserved, so workers never oversubscribe cores.
@@ -55,8 +68,10 @@ def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
         wrap_model=ddp_wrapper(spec.ddp, device) if world > 1 else None,
     )
     built = time.time()
+    phase("warm-up")
 
-    def maybe_fail():
+    def after_warmup():
+        phase("measured steps")
         if spec.fail_on_rank == rank:
             raise TrialFailedError(f"injected failure on rank {rank} (fail_on_rank)")
 
@@ -66,15 +81,16 @@ def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
         warmup_steps=train_cfg.warmup_steps,
         num_steps=train_cfg.num_steps,
         device=device,
-        after_warmup=maybe_fail,
+        after_warmup=after_warmup,
     )
     measured = time.time()
+    phase("teardown")
 
     record = {
         "world_rank": rank,
         "local_rank": local_rank,
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "hostname": socket.gethostname(),
+        "node_id": where["node_id"],
+        "hostname": where["host"],
         "device_name": device_name(device),
         "backend": backend,
         "comm_backend": comm_backends(backend)[1],
