@@ -96,6 +96,15 @@ def trial(**overrides):
         "hip_version": None,
         "git_commit": "abc1234",
         "env_vars": "{}",
+        "compute_time_median_s": 0.3,
+        "comm_exposed_median_s": 0.05,
+        "optimizer_time_median_s": 0.02,
+        "rank_skew_median_s": 0.01,
+        "loss_rank_spread": 0.05,
+        "flops_per_sample": 66.6e9,
+        "achieved_tflops": 0.666,
+        "mfu": 0.00067,
+        "profile_path": None,
     }
     assert set(row) == set(TRIAL_COLUMNS), "the helper must fill every schema column"
     row.update(overrides)

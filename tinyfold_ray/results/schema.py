@@ -117,6 +117,16 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "final_loss": _FLOAT,
     "peak_memory_bytes": _INT,  # max over ranks; null where the device does not report it
     "allreduce_time_s": _FLOAT,  # median all-reduce of a gradient-sized buffer on these workers
+    # Where the step time goes (train/breakdown.py): medians over every (rank, measured step).
+    "compute_time_median_s": _FLOAT,  # forward + backward without the all-reduce wait
+    "comm_exposed_median_s": _FLOAT,  # the all-reduce wait that did not overlap backward (0 alone)
+    "optimizer_time_median_s": _FLOAT,
+    "rank_skew_median_s": _FLOAT,  # per step: slowest minus fastest rank; the median over steps
+    "loss_rank_spread": _FLOAT,  # (max - min) / median over ranks of each rank's mean measured loss
+    "flops_per_sample": _FLOAT,  # forward + backward matrix FLOPs of one sample (flops.py)
+    "achieved_tflops": _FLOAT,  # flops_per_sample x throughput, in TFLOP/s
+    "mfu": _FLOAT,  # achieved / the device's dense peak at this precision; null where unknown
+    "profile_path": _STR,  # where the torch.profiler traces went (profile: true), else null
     "start_time": _TIME,
     "end_time": _TIME,
     "wall_time_s": _FLOAT,  # the whole trial as the driver saw it
@@ -146,6 +156,9 @@ STEP_COLUMNS: dict[str, pa.DataType] = {
     "step_time_s": _FLOAT,
     "loss": _FLOAT,
     "peak_memory_bytes": _INT,  # this rank's peak device memory over the measured steps (null on CPU)
+    "compute_time_s": _FLOAT,  # this step's forward + backward, less the exposed all-reduce wait
+    "comm_exposed_s": _FLOAT,  # the all-reduce wait beyond what overlapped backward
+    "optimizer_time_s": _FLOAT,
 }
 
 TRIAL_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()))
