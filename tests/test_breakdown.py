@@ -54,3 +54,14 @@ def test_compute_reference_runs_outside_the_all_reduce_and_skips_the_first_step(
     )
     assert reference >= 0
     assert [syncing for _, syncing in calls] == [False] * 6 and model.syncing
+
+
+def test_a_study_profile_setting_reaches_every_trial_and_is_not_a_setting_column():
+    from tinyfold_ray.results.schema import CONFIG_COLUMNS
+    from tinyfold_ray.study.expand import expand
+    from tinyfold_ray.study.spec import parse_study
+
+    raw = {"name": "p", "profile": True, "sweep": {"num_workers": [1, 2]}}
+    assert [t.profile for t in expand(parse_study(raw))] == [True, True]
+    assert not any(t.profile for t in expand(parse_study({**raw, "profile": False})))
+    assert "profile" not in CONFIG_COLUMNS  # a trace does not change what a trial measures

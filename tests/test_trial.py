@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL
 from tinyfold_ray.config import DDPConfig, TrainConfig, TrialSpec
+from tinyfold_ray.flops import train_flops_per_sample
 from tinyfold_ray.ray_session import connect
 from tinyfold_ray.results.schema import STEP_COLUMNS, TRIAL_COLUMNS
 from tinyfold_ray.train.trial import run_trial
@@ -100,6 +102,7 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_
         model=SMALL_MODEL,
         train=SHORT_TRAINING,
         env={"GLOO_SOCKET_IFNAME": "lo"},
+        profile=True,
     )
     outcome = run_trial(spec, str(tmp_path), git_commit="abc123")
     assert outcome.ok, outcome.row["error"]
@@ -127,6 +130,24 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_
     # The trial's median step is the median over steps of the slowest rank.
     slowest = steps.groupby("step").step_time_s.max()
     assert row.step_time_median_s == pytest.approx(slowest.median())
+
+    # Where each step's time went, per rank and step; the parts fit inside the step's own time.
+    parts = steps[["compute_time_s", "comm_exposed_s", "optimizer_time_s"]]
+    assert parts.notna().all().all() and (parts >= 0).all().all()
+    assert (parts.sum(axis=1) <= steps.step_time_s * 1.001).all()
+    assert (steps.compute_time_s > 0).all() and steps.comm_exposed_s.max() > 0  # two ranks all-reduce
+    assert row.compute_time_median_s == pytest.approx(steps.compute_time_s.median())
+    by_step = steps.pivot(index="step", columns="world_rank", values="step_time_s")
+    assert row.rank_skew_median_s == pytest.approx((by_step.max(axis=1) - by_step.min(axis=1)).median())
+    assert 0 <= row.loss_rank_spread < 1
+    assert row.flops_per_sample == train_flops_per_sample(SMALL_MODEL)
+    assert row.achieved_tflops == pytest.approx(row.flops_per_sample * row.throughput_samples_per_sec / 1e12)
+    assert pd.isna(row.mfu)  # no peak is known for a CPU
+
+    # profile: true left one Chrome trace per rank next to the results.
+    traces = sorted(Path(row.profile_path).glob("rank*.json"))
+    assert [t.name for t in traces] == ["rank0.json", "rank1.json"]
+    assert all(json.loads(t.read_text())["traceEvents"] for t in traces)
 
 
 def test_a_worker_that_raises_gives_a_failed_row_with_the_reason(tmp_path):

@@ -22,7 +22,7 @@ from tinyfold_ray.results.compare import compare, format_compare, format_compare
 from tinyfold_ray.results.loader import load_results
 from tinyfold_ray.results.scaling_model import add_predictions
 from tinyfold_ray.results.schema import SUMMARY_DIR
-from tinyfold_ray.results.storage import atomic_write, join, resolve
+from tinyfold_ray.results.storage import atomic_write_bytes, join, resolve
 from tinyfold_ray.results.summary import DEFAULT_CV_THRESHOLD, format_markdown, format_table, summarize
 
 
@@ -145,13 +145,8 @@ def _write_files(out: str, files: dict[str, bytes]) -> None:
     """Write each file to a temporary name, then rename it into place (local path or URI)."""
     fs, directory = resolve(out)
     for name, data in files.items():
-        atomic_write(fs, directory, name, lambda tmp, data=data: _write_bytes(fs, tmp, data))
+        atomic_write_bytes(fs, directory, name, data)
     print(f"wrote {', '.join(files)} to {out}")
-
-
-def _write_bytes(fs, path: str, data: bytes) -> None:
-    with fs.open_output_stream(path) as stream:
-        stream.write(data)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ SCHEMA_VERSION = 2
 STEPS_DIR = "_steps"
 SUMMARY_DIR = "_summary"
 ATTEMPTS_DIR = "_attempts"
+PROFILES_DIR = "_profiles"
 
 _STR = pa.string()
 _INT = pa.int64()

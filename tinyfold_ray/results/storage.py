@@ -101,3 +101,13 @@ def set_aside(fs: pafs.FileSystem, path: str, reason: str) -> str:
 def one_line(error: BaseException | None) -> str:
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:300]
+
+
+def atomic_write_bytes(fs: pafs.FileSystem, directory: str, name: str, data: bytes) -> str:
+    """`atomic_write` of a bytes payload."""
+
+    def write(tmp: str) -> None:
+        with fs.open_output_stream(tmp) as stream:
+            stream.write(data)
+
+    return atomic_write(fs, directory, name, write)

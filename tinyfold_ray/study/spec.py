@@ -57,6 +57,7 @@ TOP_LEVEL = {
     "scaling": str,
     "repeats": int,
     "max_concurrent_trials": int,
+    "profile": bool,
 }
 TOP_LEVEL_KEYS = (*TOP_LEVEL, "resources", "env", *SECTIONS, "sweep")
 MAX_REPEATS = 1000
@@ -79,6 +80,8 @@ class StudySpec:
     extra_resources: dict[str, float] = field(default_factory=dict)
     start_timeout_s: float = 120.0
     trial_timeout_s: float | None = None
+    profile: bool = False
+    """A torch.profiler trace per rank of every trial (a few steps after the measured ones)."""
     """Wall-time limit of each trial; None = derived from the trial's work (train/faults.py)."""
     env: dict[str, str] = field(default_factory=dict)
     """Environment variables for every worker of every trial."""
@@ -119,6 +122,7 @@ def resolve(
         placement_strategy=settings.get("placement_strategy", spec.placement),
         start_timeout_s=spec.start_timeout_s,
         trial_timeout_s=spec.trial_timeout_s,
+        profile=spec.profile,
         env=dict(spec.env),
         **{name: cls(**sections[name]) for name, cls in SECTIONS.items()},
     )

@@ -55,6 +55,11 @@ def build_parser() -> ArgumentParser:
     r.add_argument("--trial-id", default=None, help="trial name (default: derived from the settings)")
     r.add_argument("--cpus-per-worker", type=float, default=1.0)
     r.add_argument("--placement", choices=PLACEMENT_STRATEGIES, default="PACK")
+    r.add_argument(
+        "--profile",
+        action="store_true",
+        help="save a torch.profiler trace per rank (Chrome format) under OUTPUT/STUDY/_profiles/",
+    )
     r.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
     o = p.add_argument_group("output")
@@ -132,6 +137,7 @@ def run_ray_trial(args, model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
         device=args.device,
         cpus_per_worker=args.cpus_per_worker,
         placement_strategy=args.placement,
+        profile=args.profile,
         model=model_cfg,
         train=train_cfg,
     )

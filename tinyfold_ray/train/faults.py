@@ -19,8 +19,9 @@ import json
 import time
 from typing import Any
 
-from tinyfold_ray.config import ModelConfig, TrialSpec
+from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.errors import TrialTimeoutError
+from tinyfold_ray.flops import train_flops_per_sample
 
 KV_NAMESPACE = "tinyfold"
 # In the order a worker goes through them; a rank that never noted a phase is still starting up.
@@ -37,24 +38,10 @@ SLOWEST_FLOPS_PER_S = {"cpu": 5e9, "gpu": 5e12}
 MIN_STEP_ALLOWANCE_S = 1.0
 
 
-def flops_per_sample(model: ModelConfig) -> float:
-    """Rough forward+backward FLOPs of one sample (3x the forward's matmuls; the pair track dominates).
-
-    Counts the c_z x c_z projections of the pair track (about 28 per block), its R^3 triangle terms and
-    the MSA track's projections; at the defaults it gives 64.5 GFLOP against the 66.6 measured.
-    """
-    r, s, c_z, c_m = model.seq_len, model.num_seqs, model.c_z, model.c_m
-    pair = r * r * (28 * c_z * c_z + 6 * r * c_z)
-    msa = (
-        s * r * (12 * c_m * c_m + 4 * r * c_m) + s * r * model.c_opm * 2 * c_m + r * r * model.c_opm**2 * c_z
-    )
-    return 3 * 2 * model.num_blocks * (pair + msa)
-
-
 def default_time_limit_s(spec: TrialSpec, use_gpu: bool = False) -> float:
     steps = spec.train.warmup_steps + spec.train.num_steps
     speed = SLOWEST_FLOPS_PER_S["gpu" if use_gpu else "cpu"]
-    per_step = max(MIN_STEP_ALLOWANCE_S, spec.train.batch_size * flops_per_sample(spec.model) / speed)
+    per_step = max(MIN_STEP_ALLOWANCE_S, spec.train.batch_size * train_flops_per_sample(spec.model) / speed)
     build = BUILD_ALLOWANCE_S + (COMPILE_ALLOWANCE_S if spec.train.compile != "none" else 0.0)
     return spec.start_timeout_s + build + steps * per_step
 

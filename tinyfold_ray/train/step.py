@@ -14,6 +14,7 @@ from tinyfold_ray.data import SyntheticData
 from tinyfold_ray.device import fused_adamw_supported
 from tinyfold_ray.errors import ConfigError
 from tinyfold_ray.model import TinyFold, distance_loss, num_parameters
+from tinyfold_ray.train.breakdown import StepMarks
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -24,6 +25,10 @@ class Training:
 
     model: nn.Module
     step: Callable[[tuple], torch.Tensor]
+    forward_backward: Callable[[tuple], torch.Tensor]
+    """A step without the optimiser: the compute-only reference of the time breakdown."""
+    marks: StepMarks
+    """Where each step's time went (read after the timed loop)."""
     data: SyntheticData
     num_params: int
     fused_optimizer: bool
@@ -56,10 +61,24 @@ def build_training(
         model.parameters(), lr=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay, fused=fused
     )
     forward = model if train_cfg.compile == "none" else torch.compile(model, mode=train_cfg.compile)
-    step = make_step(
-        forward, optimizer, train_cfg.amp, device, cudagraphs=train_cfg.compile in CUDAGRAPH_COMPILE_MODES
+    marks = StepMarks(device)
+    step, forward_backward = make_step(
+        forward,
+        optimizer,
+        train_cfg.amp,
+        device,
+        cudagraphs=train_cfg.compile in CUDAGRAPH_COMPILE_MODES,
+        marks=marks,
     )
-    return Training(model=model, step=step, data=data, num_params=num_params, fused_optimizer=fused)
+    return Training(
+        model=model,
+        step=step,
+        forward_backward=forward_backward,
+        marks=marks,
+        data=data,
+        num_params=num_params,
+        fused_optimizer=fused,
+    )
 
 
 def check_fp16_without_sync(amp: str, fused: bool, device: torch.device) -> None:
@@ -83,8 +102,11 @@ def make_step(
     device: torch.device,
     *,
     cudagraphs: bool = False,
-) -> Callable[[tuple], torch.Tensor]:
-    """A function batch -> detached loss tensor that does forward, backward and the optimiser step.
+    marks: StepMarks | None = None,
+) -> tuple[Callable[[tuple], torch.Tensor], Callable[[tuple], torch.Tensor]]:
+    """(step, forward_backward): functions batch -> detached loss tensor. `step` does forward, backward
+    and the optimiser step (and sets `marks` after backward and after the optimiser); `forward_backward`
+    stops before the optimiser.
 
     It never reads a value back to the host: the loss stays on the device. With fp16 the gradient
     scaler's inf check would sync each step, except with a fused optimiser, which takes the check itself
@@ -98,7 +120,7 @@ def make_step(
         autocast = lambda: torch.autocast(device_type=device.type, dtype=dtype)  # noqa: E731
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
-    def step(batch: tuple) -> torch.Tensor:
+    def forward_backward(batch: tuple) -> torch.Tensor:
         msa_tokens, pair_features, target = batch
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
@@ -106,13 +128,22 @@ def make_step(
         with autocast():
             predicted = model(msa_tokens, pair_features)
         loss = distance_loss(predicted, target)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        (loss if scaler is None else scaler.scale(loss)).backward()
         return loss.detach()
 
-    return step
+    def step(batch: tuple) -> torch.Tensor:
+        if marks is not None:
+            marks.begin()
+        loss = forward_backward(batch)
+        if marks is not None:
+            marks.mark()  # under DDP, backward has waited for the gradient all-reduce by now
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
+        if marks is not None:
+            marks.mark()
+        return loss
+
+    return step, forward_backward

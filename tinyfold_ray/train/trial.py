@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 import re
 import time
 import uuid
@@ -18,10 +19,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
+
 from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.errors import TrialFailedError
+from tinyfold_ray.flops import peak_tflops, train_flops_per_sample
 from tinyfold_ray.results.safe_write import store_trial
-from tinyfold_ray.results.schema import config_hash, config_values
+from tinyfold_ray.results.schema import PROFILES_DIR, config_hash, config_values
+from tinyfold_ray.results.storage import join
 from tinyfold_ray.train import faults
 from tinyfold_ray.train.environment import forwarded_env, recorded_env
 from tinyfold_ray.train.resources import alive_nodes, check_placement
@@ -80,7 +85,12 @@ def run_trial(
     records = None
     if error is None:
         try:
-            records = _fit(spec, use_gpu, deadline=t0 + faults.time_limit_s(spec, use_gpu))
+            profile_dir = (
+                join(output, spec.study, PROFILES_DIR, spec.trial_id) if spec.profile and output else None
+            )
+            records = _fit(
+                spec, use_gpu, deadline=t0 + faults.time_limit_s(spec, use_gpu), profile_dir=profile_dir
+            )
         except TrialFailedError as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
@@ -102,10 +112,10 @@ def _run_name(spec: TrialSpec) -> str:
     return f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}"
 
 
-def _fit(spec: TrialSpec, use_gpu: bool, deadline: float) -> list[dict[str, Any]]:
+def _fit(spec: TrialSpec, use_gpu: bool, deadline: float, profile_dir: str | None) -> list[dict[str, Any]]:
     name = _run_name(spec)
     try:
-        result = make_trainer(spec, use_gpu, deadline=deadline, name=name).fit()
+        result = make_trainer(spec, use_gpu, deadline=deadline, name=name, profile_dir=profile_dir).fit()
     except Exception as e:
         # Ray Train's worker-group error carries each failed rank's exception; the workers' notes add
         # where each rank ran and what it was doing.
@@ -138,11 +148,13 @@ def make_trainer(
     *,
     deadline: float | None = None,
     name: str | None = None,
+    profile_dir: str | None = None,
 ):
     """The TorchTrainer of a trial; `train_fn` replaces the training (the benchmark times an empty one).
 
     `deadline` (epoch seconds, default: the trial's time limit from now) ends the fit: every rank still
-    running then fails with a time-out, and the workers are stopped.
+    running then fails with a time-out, and the workers are stopped. `profile_dir`: where each rank
+    writes its torch.profiler trace (None: no profile).
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -162,7 +174,12 @@ def make_trainer(
     comm = spec.comm_backend or ("nccl" if use_gpu else "gloo")
     return TorchTrainer(
         train_fn or train_worker,
-        train_loop_config={"spec": spec, "backend": requested, "use_gpu": use_gpu},
+        train_loop_config={
+            "spec": spec,
+            "backend": requested,
+            "use_gpu": use_gpu,
+            "profile_dir": profile_dir,
+        },
         torch_config=TorchConfig(backend=comm, timeout_s=max(1, math.ceil(limit))),
         scaling_config=ScalingConfig(
             num_workers=spec.num_workers,
@@ -242,6 +259,9 @@ def build_outcome(
     stats = step_stats([r["step_times_s"] for r in records], spec.global_batch)
     slowest_total = sum(max(times) for times in zip(*(r["step_times_s"] for r in records)))
     memories = [r["peak_memory_bytes"] for r in records if r["peak_memory_bytes"] is not None]
+    flops = train_flops_per_sample(spec.model)
+    achieved_tflops = flops * stats["throughput_samples_per_sec"] / 1e12
+    peak = peak_tflops(first["device_name"], spec.train.amp)
     row.update(
         {
             "num_nodes": len(per_node),
@@ -256,6 +276,12 @@ def build_outcome(
             "final_loss": first["losses"][-1],
             "peak_memory_bytes": max(memories) if memories else None,
             "allreduce_time_s": first["allreduce_time_s"],
+            **breakdown_stats(records),
+            "flops_per_sample": float(flops),
+            "achieved_tflops": achieved_tflops,
+            # Per device: a trial's throughput is shared by its GPUs.
+            "mfu": achieved_tflops / (peak * spec.num_workers) if peak else None,
+            "profile_path": first["profile_path"] and posixpath.dirname(first["profile_path"]),
             "overhead_s": wall_time_s - slowest_total,
             "hostnames": ",".join(sorted({r["hostname"] for r in records})),
             **{
@@ -278,11 +304,39 @@ def build_outcome(
             "step_time_s": t,
             "loss": loss,
             "peak_memory_bytes": r["peak_memory_bytes"],
+            "compute_time_s": compute,
+            "comm_exposed_s": comm,
+            "optimizer_time_s": optimizer,
         }
         for r in records
-        for i, (t, loss) in enumerate(zip(r["step_times_s"], r["losses"]))
+        for i, (t, loss, compute, comm, optimizer) in enumerate(
+            zip(
+                r["step_times_s"],
+                r["losses"],
+                r["compute_time_s"],
+                r["comm_exposed_s"],
+                r["optimizer_time_s"],
+            )
+        )
     ]
     return TrialOutcome(row=row, step_rows=step_rows)
+
+
+def breakdown_stats(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians of the step breakdown over every (rank, step), the rank skew and the loss spread."""
+
+    def median_of(key: str) -> float:
+        return float(np.median([v for r in records for v in r[key]]))
+
+    times = np.asarray([r["step_times_s"] for r in records])  # [ranks, steps]
+    mean_losses = np.asarray([np.mean(r["losses"]) for r in records])
+    return {
+        "compute_time_median_s": median_of("compute_time_s"),
+        "comm_exposed_median_s": median_of("comm_exposed_s"),
+        "optimizer_time_median_s": median_of("optimizer_time_s"),
+        "rank_skew_median_s": float(np.median(times.max(axis=0) - times.min(axis=0))),
+        "loss_rank_spread": float(np.ptp(mean_losses) / np.median(mean_losses)),
+    }
 
 
 def _phases(records: list[dict[str, Any]], t0: float, t_end: float) -> dict[str, float]:

@@ -30,8 +30,10 @@ from tinyfold_ray.device import (
     torch_device,
 )
 from tinyfold_ray.errors import TrialFailedError
+from tinyfold_ray.train.breakdown import compute_reference_s, split_steps
 from tinyfold_ray.train.faults import note_phase
 from tinyfold_ray.train.loop import run_timed_loop
+from tinyfold_ray.train.profile import save_profile
 from tinyfold_ray.train.step import build_training
 
 ALLREDUCE_REPEATS = 5
@@ -72,6 +74,7 @@ def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
 
     def after_warmup():
         phase("measured steps")
+        training.marks.clear()  # the breakdown covers the measured steps only
         if spec.fail_on_rank == rank:
             raise TrialFailedError(f"injected failure on rank {rank} (fail_on_rank)")
 
@@ -84,6 +87,18 @@ def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
         after_warmup=after_warmup,
     )
     measured = time.time()
+    # After the measured steps, so that neither the reference nor the profile touches them.
+    reference_s = None
+    if world > 1:
+        phase("time breakdown")
+        reference_s = compute_reference_s(
+            training.forward_backward, training.data.next_batch, training.model, device
+        )
+    breakdown = split_steps(*training.marks.durations(), reference_s)
+    profile_path = None
+    if config.get("profile_dir"):
+        phase("profile")
+        profile_path = save_profile(training.step, training.data.next_batch, config["profile_dir"], rank)
     phase("teardown")
 
     record = {
@@ -98,6 +113,8 @@ def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
         "fused_optimizer": training.fused_optimizer,
         "step_times_s": result.step_times_s,
         "losses": result.losses,
+        **breakdown,
+        "profile_path": profile_path,
         "peak_memory_bytes": result.peak_memory_bytes,
         "allreduce_time_s": allreduce_time_s(training.num_params, device),
         **provenance(),
