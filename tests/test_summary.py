@@ -480,7 +480,14 @@ def test_cli_writes_summary_files_and_plots(tmp_path, capsys):
     assert len(pd.read_csv(summary_dir / "summary.csv")) == 4
     assert "| workers |" in (summary_dir / "summary.md").read_text()
     pngs = sorted(p.name for p in summary_dir.glob("*.png"))
-    assert pngs == ["efficiency.png", "efficiency_nodes.png", "speedup.png", "throughput.png"]
+    # breakdown.png: the trial rows carry the time breakdown columns
+    assert pngs == [
+        "breakdown.png",
+        "efficiency.png",
+        "efficiency_nodes.png",
+        "speedup.png",
+        "throughput.png",
+    ]
     for name in pngs:
         assert (summary_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert image.imread(summary_dir / name).ndim == 3
