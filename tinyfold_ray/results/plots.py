@@ -166,5 +166,5 @@ def _breakdown(summary: pd.DataFrame) -> Any:
     other = (rows["step_time_median_s"] * 1000 - bottom).clip(lower=0)
     ax.bar(xs, other, bottom=bottom, label="other", color="lightgrey")
     ax.set_xticks(list(xs), labels=labels, fontsize="small")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars
     return fig
