@@ -231,14 +231,14 @@ def _points(trials: pd.DataFrame, cv_threshold: float) -> list[_Point]:
             fill = _mode(trials.loc[same][ok.loc[same]][col])
             if fill is not None:
                 trials.loc[same, col] = trials.loc[same, col].fillna(fill)
-    buckets: dict[tuple, list] = {}
-    placement = zip(trials["num_workers"], trials["num_nodes"], trials["workers_per_node"], strict=True)
-    for idx, key in zip(trials.index, placement, strict=True):
-        buckets.setdefault(tuple(_as_int(v) for v in key), []).append(idx)
-
+    placement = ["num_workers", "num_nodes", "workers_per_node"]
+    by_point = {
+        tuple(_as_int(v) for v in key): point_trials
+        for key, point_trials in trials.groupby(placement, dropna=False, sort=False)
+    }
     points = []
-    for key in sorted(buckets, key=_none_last):
-        point_trials = trials.loc[buckets[key]]
+    for key in sorted(by_point, key=_none_last):
+        point_trials = by_point[key]
         good = point_trials[point_trials["_ok"]]
         point = _Point(*key, first=point_trials.iloc[0])
         _point_stats(point, good, point_trials, cv_threshold)
