@@ -18,7 +18,7 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }
-th:last-child, td:last-child { text-align: left; }
+th:last-child, td:last-child, td.text { text-align: left; }
 th { background: #f3f3f3; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; }
 .figures img { max-width: 34em; border: 1px solid #eee; }
@@ -27,9 +27,15 @@ th { background: #f3f3f3; }
 """
 
 
+def _cell(text: str) -> str:
+    # Numbers align right for comparison down a column; words (dominant loss, sanity) read left-aligned.
+    words = any(ch.isalpha() for ch in text.replace("x", "")) and not text[:1].isdigit()
+    return f'<td class="text">{html.escape(text)}</td>' if words else f"<td>{html.escape(text)}</td>"
+
+
 def render_html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
