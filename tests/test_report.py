@@ -25,7 +25,8 @@ def chromium() -> str:
 @pytest.fixture
 def report(tmp_path, capsys):
     rows = repeats([10, 12], num_workers=1) + repeats([19, 21], num_workers=2)
-    rows += repeats([33, 37], num_workers=4)
+    # At 4 workers the loss did not fall (first_loss is 30): the report must flag it.
+    rows += repeats([33, 37], num_workers=4, final_loss=31.0)
     write_study(tmp_path, rows)
     assert main([str(tmp_path / "s"), "--html"]) == 0
     assert "report.html" in capsys.readouterr().out
@@ -36,9 +37,12 @@ def test_report_is_one_self_contained_file(report):
     text = report.read_text()
     assert text.startswith("<!DOCTYPE html>")
     # Nothing to fetch: every image is inline data, and there is no script or external link.
-    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', text)) == 3
+    # throughput, speedup, efficiency and the stacked breakdown (the trial rows carry its columns)
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', text)) == 4
     assert not re.search(r'(src|href)="(https?:|//|/)', text) and "<script" not in text
-    assert "<th>speedup</th>" in text and "<td>1.82x</td>" in text  # 2 workers: 20 / 11 samples/s
+    # 2 workers: 20 / 11 samples/s = 1.818; delta method, both points std sqrt(2) over 2 repeats:
+    # 1.818 * sqrt(2 / (2 * 20**2) + 2 / (2 * 11**2)) = 0.18864, times t(0.975, 1 dof) 12.706 = 2.397
+    assert "<th>speedup</th>" in text and "<td>1.82x ± 2.40</td>" in text
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
@@ -48,7 +52,10 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         [browser, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120
     )
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<table>") == 1 and "Figures" in dom.stdout
+    # the scaling table and the time-per-step table; the flags and notes as text on the page
+    assert dom.stdout.count("<table>") == 2 and "Figures" in dom.stdout
+    assert "Sanity flags" in dom.stdout and "4 workers: loss did not fall in 2 of 2" in dom.stdout
+    assert "exposed all-reduce" in dom.stdout and "breakdown.png" in dom.stdout
 
     shot = tmp_path / "report.png"
     subprocess.run(

@@ -60,3 +60,24 @@ def test_no_allreduce_figure_means_no_prediction():
     frame["allreduce_time_s"] = None
     out = add_predictions(frame, extra_workers=(8,))
     assert out.efficiency_predicted.isna().all() and len(out) == 2
+
+
+def test_overlap_prediction_uses_the_exposed_wait_and_the_dominant_loss_is_named():
+    frame = _summary()
+    # Measured breakdown at 2 workers (step 1.3 s): compute 1.0, 0.1 s of exposed all-reduce,
+    # optimiser 0.05; the baseline's compute is 0.9 of its 1.0 s step.
+    frame["compute_time_median_s"] = [0.9, 1.0]
+    frame["comm_exposed_median_s"] = [0.0, 0.1]
+    frame["comm_exposed_share"] = frame.comm_exposed_median_s / frame.step_time_median_s
+    frame["optimizer_share"] = [0.1, 0.05 / 1.3]
+    frame["rank_skew_share"] = [0.0, 0.01 / 1.3]
+    out = add_predictions(frame, extra_workers=(4,)).set_index("num_workers")
+    # With overlap only the exposed 0.1 s is added to the baseline's 1.0 s step: 1 / 1.1.
+    assert out.loc[2, "efficiency_predicted_overlap"] == pytest.approx(1 / 1.1)
+    assert out.loc[2, "efficiency_predicted"] == pytest.approx(1 / 1.2)  # the whole all-reduce
+    # At 4 workers the exposed time grows like the ring: 0.1 * (3/4) / (1/2) = 0.15.
+    assert out.loc[4, "efficiency_predicted_overlap"] == pytest.approx(1 / 1.15)
+    frame["compute_time_median_s"] = [0.9, 1.2]  # 0.3 s slower: 23 % of the 1.3 s step
+    out = add_predictions(frame).set_index("num_workers")
+    assert out.loc[2, "dominant_loss"] == "slower compute 23 % of step"
+    assert out.loc[1, "dominant_loss"] == "optimizer 10 % of step"  # the baseline: no comparison

@@ -20,6 +20,7 @@ from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.errors import ConfigError
 from tinyfold_ray.results import load_results, summarize
 from tinyfold_ray.results.compare import compare, format_compare
+from tinyfold_ray.results.scaling_model import add_predictions
 from tinyfold_ray.results.schema import (
     STEP_SCHEMA,
     STEPS_DIR,
@@ -32,7 +33,8 @@ from tinyfold_ray.results.summary import fmt_setting, format_markdown, format_ta
 from tinyfold_ray.summary import main
 
 _ids = itertools.count()
-T1 = t_quantile_975(1)  # 12.706...: the 95 % half-width factor for 2 repeats is T1 / sqrt(2)
+# Published Student-t 0.975 quantiles (any t table), not the code under test.
+T1, T2 = 12.7062, 4.3027
 
 
 def trial(**overrides):
@@ -164,10 +166,17 @@ def test_weak_scaling_speedup_efficiency_and_statistics_over_repeats():
     one, two, four = (point(s, num_workers=n) for n in (1, 2, 4))
     assert one["throughput_samples_per_sec_mean"] == 11
     assert one["throughput_samples_per_sec_std"] == pytest.approx(math.sqrt(2))
-    assert one["throughput_samples_per_sec_ci95"] == pytest.approx(T1 * math.sqrt(2) / math.sqrt(2))
+    assert one["throughput_samples_per_sec_ci95"] == pytest.approx(T1 * math.sqrt(2) / math.sqrt(2), rel=1e-4)
     assert four["throughput_samples_per_sec_median"] == 42
-    assert four["throughput_samples_per_sec_ci95"] == pytest.approx(t_quantile_975(2) * 2 / math.sqrt(3))
+    assert four["throughput_samples_per_sec_ci95"] == pytest.approx(T2 * 2 / math.sqrt(3), rel=1e-4)
     assert (one["speedup"], one["efficiency"]) == (1, 1)
+    # The baseline's own ratio has no interval; a point's is the delta method's, written out:
+    assert pd.isna(one["speedup_ci95"]) and pd.isna(one["efficiency_ci95"])
+    # 4 workers vs 1: R = 42 / 11; s_4 = 2 over 3 repeats, s_1 = sqrt(2) over 2; t at min(3, 2) - 1 = 1
+    se = (42 / 11) * math.sqrt(2**2 / (3 * 42**2) + 2 / (2 * 11**2))  # = 0.36263
+    assert se == pytest.approx(0.36263, rel=1e-4)
+    assert four["speedup_ci95"] == pytest.approx(4.6077, rel=1e-4)  # T1 * se
+    assert four["efficiency_ci95"] == pytest.approx(T1 * se / 4, rel=1e-4)
     assert two["speedup"] == pytest.approx(21 / 11)
     assert two["efficiency"] == pytest.approx(21 / 22)
     assert four["speedup"] == pytest.approx(42 / 11)
@@ -177,6 +186,34 @@ def test_weak_scaling_speedup_efficiency_and_statistics_over_repeats():
     assert list(s["n"]) == [2, 2, 3] and list(s["n_failed"]) == [0, 0, 0]
     assert list(s["num_gpus"]) == [1, 2, 4] and list(s["baseline_workers"]) == [1, 1, 1]
     assert list(s["global_batch"]) == [4, 8, 16]  # weak: the global batch grows, one group
+
+
+def test_time_breakdown_medians_and_shares_of_the_step():
+    rows = repeats([10, 12, 11], num_workers=2, step_time_median_s=0.5)
+    for row, compute, tflops in zip(rows, (0.30, 0.34, 0.32), (0.5, 0.7, 0.6), strict=True):
+        row.update(compute_time_median_s=compute, comm_exposed_median_s=0.1, achieved_tflops=tflops)
+    rows[0]["optimizer_time_median_s"] = None  # not recorded in one repeat: the median of the others
+    p = point(summarize(frame(rows)), num_workers=2)
+    assert p["compute_time_median_s"] == pytest.approx(0.32)  # median of 0.30, 0.34, 0.32
+    assert p["compute_share"] == pytest.approx(0.32 / 0.5)
+    assert p["comm_exposed_share"] == pytest.approx(0.1 / 0.5)
+    assert p["optimizer_time_median_s"] == pytest.approx(0.02)
+    assert p["rank_skew_share"] == pytest.approx(0.01 / 0.5)
+    assert p["achieved_tflops"] == pytest.approx(0.6)
+    assert p["sanity"] == ""
+
+
+def test_sanity_flags_loss_not_falling_ranks_disagreeing_and_stragglers():
+    rows = repeats([10, 11], num_workers=1)  # fine: loss 30 -> 12, spread 0.05, skew 0.01 of 0.4 s
+    rows += repeats([20, 21], num_workers=2, final_loss=30.0)  # equal is not a fall
+    rows += repeats([40, 41], num_workers=4, loss_rank_spread=0.3)  # above the 0.25 tolerance
+    rows += repeats([80, 81], num_workers=8, rank_skew_median_s=0.06)  # 0.06 / 0.4 s = 15 % > 10 %
+    s = summarize(frame(rows))
+    assert point(s, num_workers=1)["sanity"] == ""
+    assert point(s, num_workers=2)["sanity"] == "loss did not fall in 2 of 2"
+    assert point(s, num_workers=4)["sanity"] == "ranks disagree on loss (spread 30 %)"
+    assert point(s, num_workers=8)["sanity"] == "straggler skew 15 % of step"
+    assert "straggler skew 15 % of step" in format_table(add_predictions(s))
 
 
 def test_strong_scaling_groups_by_global_batch_not_per_worker_batch():
@@ -480,7 +517,14 @@ def test_cli_writes_summary_files_and_plots(tmp_path, capsys):
     assert len(pd.read_csv(summary_dir / "summary.csv")) == 4
     assert "| workers |" in (summary_dir / "summary.md").read_text()
     pngs = sorted(p.name for p in summary_dir.glob("*.png"))
-    assert pngs == ["efficiency.png", "efficiency_nodes.png", "speedup.png", "throughput.png"]
+    # breakdown.png: the trial rows carry the time breakdown columns
+    assert pngs == [
+        "breakdown.png",
+        "efficiency.png",
+        "efficiency_nodes.png",
+        "speedup.png",
+        "throughput.png",
+    ]
     for name in pngs:
         assert (summary_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert image.imread(summary_dir / name).ndim == 3
@@ -533,3 +577,11 @@ def test_analysis_modules_import_neither_torch_nor_ray():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_cli_usage_errors_are_one_line_with_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert "give a RESULTS directory" in err and "usage:" not in err

@@ -17,18 +17,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tinyfold_ray.cli import EXIT_USER_ERROR, ArgumentParser
 from tinyfold_ray.errors import TinyFoldError
 from tinyfold_ray.results.compare import compare, format_compare, format_compare_markdown
 from tinyfold_ray.results.loader import load_results
 from tinyfold_ray.results.scaling_model import add_predictions
 from tinyfold_ray.results.schema import SUMMARY_DIR
 from tinyfold_ray.results.storage import atomic_write_bytes, join, resolve
-from tinyfold_ray.results.summary import DEFAULT_CV_THRESHOLD, format_markdown, format_table, summarize
+from tinyfold_ray.results.summary import DEFAULT_CV_THRESHOLD, summarize
+from tinyfold_ray.results.tables import format_markdown, format_table
+
+PROG = "python -m tinyfold_ray.summary"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m tinyfold_ray.summary",
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
         description="Speedup and efficiency tables (and plots, comparisons) from tinyfold-ray results.",
     )
     parser.add_argument(
@@ -90,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare is not None:
             _compare(args)
     except (TinyFoldError, OSError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        # One line, like the other entry points (cli.run_main), also for a multi-line OSError.
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

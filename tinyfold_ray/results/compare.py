@@ -13,8 +13,8 @@ import pandas as pd
 
 from tinyfold_ray.errors import ConfigError
 from tinyfold_ray.results.schema import SETTING_COLUMNS
-from tinyfold_ray.results.summary import (
-    THROUGHPUT,
+from tinyfold_ray.results.summary import THROUGHPUT
+from tinyfold_ray.results.tables import (
     fmt_int,
     fmt_number,
     fmt_percent,

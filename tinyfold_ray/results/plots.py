@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from tinyfold_ray.errors import TinyFoldError
-from tinyfold_ray.results.summary import THROUGHPUT
+from tinyfold_ray.results.summary import BREAKDOWN, THROUGHPUT
 
 __all__ = ["render_plots", "require_matplotlib", "write_plots"]
 
@@ -30,8 +30,9 @@ def require_matplotlib() -> None:
 
 
 def render_plots(summary: pd.DataFrame) -> dict[str, bytes]:
-    """File name -> PNG bytes: throughput.png, speedup.png, efficiency.png, and efficiency_nodes.png
-    when the summary has inter-node efficiencies. One line per group."""
+    """File name -> PNG bytes: throughput.png, speedup.png, efficiency.png, efficiency_nodes.png when
+    the summary has inter-node efficiencies, and breakdown.png (stacked time per step) when it has the
+    time breakdown columns. One line per group."""
     require_matplotlib()
     figures = {
         "throughput.png": _throughput(summary),
@@ -40,6 +41,8 @@ def render_plots(summary: pd.DataFrame) -> dict[str, bytes]:
     }
     if summary["efficiency_inter_node"].notna().any():
         figures["efficiency_nodes.png"] = _efficiency_nodes(summary)
+    if _has_breakdown(summary):
+        figures["breakdown.png"] = _breakdown(summary)
     return {name: _png(fig) for name, fig in figures.items()}
 
 
@@ -136,4 +139,32 @@ def _efficiency_nodes(summary: pd.DataFrame) -> Any:
     _lines(ax, rows, "num_nodes", "efficiency_inter_node", scale=100)
     ax.set_ylim(0, max(110, ax.get_ylim()[1]))
     _worker_axis(ax, rows["num_nodes"])
+    return fig
+
+
+# The stacked parts of a step: what is left of the median step after them is drawn as "other".
+_STACK = (("compute", "compute"), ("comm_exposed", "exposed all-reduce"), ("optimizer", "optimizer"))
+
+
+def _has_breakdown(summary: pd.DataFrame) -> bool:
+    cols = [BREAKDOWN[part] for part, _ in _STACK]
+    return all(c in summary.columns for c in cols) and bool(summary[cols].notna().any(axis=None))
+
+
+def _breakdown(summary: pd.DataFrame) -> Any:
+    """Stacked bars per group and worker count: compute, exposed all-reduce, optimiser and the rest of
+    the median step, in ms (medians over repeats, so the parts need not add up exactly to the step)."""
+    rows = summary[summary["step_time_median_s"].notna()]
+    fig, ax = _axes(rows, "Time per step", "ms (median over repeats)", xlabel="group, workers")
+    labels = [f"{g}\nN={int(n)}" for g, n in zip(rows["group"], rows["num_workers"], strict=True)]
+    xs = range(len(rows))
+    bottom = pd.Series(0.0, index=rows.index)
+    for part, name in _STACK:
+        height = rows[BREAKDOWN[part]].fillna(0) * 1000
+        ax.bar(xs, height, bottom=bottom, label=name)
+        bottom += height
+    other = (rows["step_time_median_s"] * 1000 - bottom).clip(lower=0)
+    ax.bar(xs, other, bottom=bottom, label="other", color="lightgrey")
+    ax.set_xticks(list(xs), labels=labels, fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars
     return fig

@@ -12,12 +12,29 @@ worker count, and (DESIGN.md, the same formula for weak and strong scaling)::
 Means, spreads and confidence intervals are over the repeats of a point, using each trial's
 `throughput_samples_per_sec` (global batch / median step time). Failed trials are counted, never
 averaged in.
+
+Confidence intervals of speedup and efficiency use the delta method on the ratio of two means: with
+R = m_N / m_B, means m and sample standard deviations s over n_N and n_B ok repeats,
+
+    se(R)            = R * sqrt(s_N^2 / (n_N m_N^2) + s_B^2 / (n_B m_B^2))
+    speedup_ci95     = t_0.975(min(n_N, n_B) - 1) * se(R)
+    efficiency_ci95  = speedup_ci95 / (N / N_baseline)
+
+(half-widths; null at the baseline point itself and where either point has fewer than 2 repeats). The
+conservative min(n) - 1 degrees of freedom stand in for Welch-Satterthwaite's.
+
+The time breakdown of a point (compute, exposed communication, optimiser, rank skew, TFLOP/s, MFU) is
+the median over its ok repeats of each trial's per-step medians; each `*_share` is that median over the
+point's median step time. The `sanity` column flags a point (see `SANITY_*`) whose loss did not fall
+in some ok repeat (final_loss >= first_loss), whose ranks disagree on loss (loss_rank_spread above
+`SANITY_LOSS_SPREAD`), or whose straggler skew (rank_skew_median_s / step_time_median_s) is above
+`SANITY_SKEW_SHARE`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +44,44 @@ import pandas as pd
 from tinyfold_ray.errors import ConfigError
 from tinyfold_ray.results.schema import SETTING_COLUMNS
 
-__all__ = ["DEFAULT_CV_THRESHOLD", "format_markdown", "format_table", "summarize", "t_quantile_975"]
+__all__ = [
+    "BREAKDOWN",
+    "DEFAULT_CV_THRESHOLD",
+    "SANITY_LOSS_SPREAD",
+    "SANITY_SKEW_SHARE",
+    "summarize",
+    "t_quantile_975",
+]
 
 DEFAULT_CV_THRESHOLD = 0.05
 """A point whose coefficient of variation over repeats exceeds this (5 %) is flagged noisy."""
 
+SANITY_LOSS_SPREAD = 0.25
+"""Ranks disagree on loss when (max - min) / median of their mean losses exceeds this (25 %)."""
+
+SANITY_SKEW_SHARE = 0.10
+"""A straggler skew (slowest minus fastest rank per step) above 10 % of the step is flagged."""
+
 THROUGHPUT = "throughput_samples_per_sec"
+
+# Parts of a step (trial columns, seconds): each gets a per-point median and a share of the step.
+BREAKDOWN = {
+    "compute": "compute_time_median_s",
+    "comm_exposed": "comm_exposed_median_s",
+    "optimizer": "optimizer_time_median_s",
+    "rank_skew": "rank_skew_median_s",
+}
+_MEDIANS = ["step_time_median_s", "step_time_p95_s", "allreduce_time_s", *BREAKDOWN.values()]
+_MEDIANS += ["achieved_tflops", "mfu"]
+
+
+def __getattr__(name: str) -> Any:
+    # The table formatting moved to results/tables.py; keep the old import path working for callers.
+    from tinyfold_ray.results import tables
+
+    if name in tables.__all__:
+        return getattr(tables, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def t_quantile_975(dof: int) -> float:
@@ -52,9 +101,12 @@ class _Point:
     workers_per_node: Any
     first: pd.Series  # the first trial, for the setting values
     mean: float = math.nan
+    std: float = math.nan
     n: int = 0
     speedup: float = math.nan
     efficiency: float = math.nan
+    speedup_ci95: float = math.nan  # half-widths, delta method (module docstring)
+    efficiency_ci95: float = math.nan
     efficiency_intra_node: float = math.nan
     efficiency_inter_node: float = math.nan
     baseline_workers: Any = None
@@ -73,10 +125,13 @@ def summarize(
     Columns: study, group (a label of the settings that tell groups apart), the group's settings,
     num_workers, num_gpus, num_nodes, workers_per_node, device_name, n (ok repeats), n_failed,
     throughput_samples_per_sec_{mean,std,median,ci95} (ci95 is the half-width of the Student-t 95 %
-    interval over repeats), cv, speedup, efficiency, efficiency_intra_node and efficiency_inter_node
-    (only for groups spanning several node counts), baseline_workers, step_time_median_s and
-    step_time_p95_s (medians over repeats), allreduce_time_s (median over repeats, where recorded),
-    noisy (single repeat or cv above ``cv_threshold``) and note (why a point is noisy, failed, or has
+    interval over repeats), cv, speedup, speedup_ci95, efficiency, efficiency_ci95 (delta-method
+    half-widths), efficiency_intra_node and efficiency_inter_node (only for groups spanning several
+    node counts), baseline_workers, step_time_median_s and step_time_p95_s (medians over repeats),
+    allreduce_time_s (median over repeats, where recorded), the breakdown medians
+    compute_time_median_s, comm_exposed_median_s, optimizer_time_median_s, rank_skew_median_s and
+    their shares of the step (compute_share, comm_exposed_share, optimizer_share, rank_skew_share),
+    achieved_tflops and mfu (medians), sanity (flags, empty when fine), noisy (single repeat or cv above ``cv_threshold``) and note (why a point is noisy, failed, or has
     no baseline; empty when there is nothing to say).
 
     When a group's smallest worker count failed in every repeat, its speedup and efficiency are NA and
@@ -176,14 +231,14 @@ def _points(trials: pd.DataFrame, cv_threshold: float) -> list[_Point]:
             fill = _mode(trials.loc[same][ok.loc[same]][col])
             if fill is not None:
                 trials.loc[same, col] = trials.loc[same, col].fillna(fill)
-    buckets: dict[tuple, list] = {}
-    placement = zip(trials["num_workers"], trials["num_nodes"], trials["workers_per_node"], strict=True)
-    for idx, key in zip(trials.index, placement, strict=True):
-        buckets.setdefault(tuple(_as_int(v) for v in key), []).append(idx)
-
+    placement = ["num_workers", "num_nodes", "workers_per_node"]
+    by_point = {
+        tuple(_as_int(v) for v in key): point_trials
+        for key, point_trials in trials.groupby(placement, dropna=False, sort=False)
+    }
     points = []
-    for key in sorted(buckets, key=_none_last):
-        point_trials = trials.loc[buckets[key]]
+    for key in sorted(by_point, key=_none_last):
+        point_trials = by_point[key]
         good = point_trials[point_trials["_ok"]]
         point = _Point(*key, first=point_trials.iloc[0])
         _point_stats(point, good, point_trials, cv_threshold)
@@ -205,7 +260,7 @@ def _point_stats(point: _Point, good: pd.DataFrame, all_trials: pd.DataFrame, cv
     mean = float(thr.mean()) if n else math.nan
     std = float(thr.std(ddof=1)) if n >= 2 else math.nan
     cv = std / mean if n >= 2 and mean > 0 else math.nan
-    point.mean, point.n = mean, n
+    point.mean, point.std, point.n = mean, std, n
     devices = good["device_name"].dropna().unique() if "device_name" in good.columns else []
     gpus = all_trials["num_gpus"].dropna() if "num_gpus" in all_trials.columns else pd.Series([], dtype=float)
     point.stats = {
@@ -218,12 +273,14 @@ def _point_stats(point: _Point, good: pd.DataFrame, all_trials: pd.DataFrame, cv
         f"{THROUGHPUT}_median": float(np.median(thr)) if n else math.nan,
         f"{THROUGHPUT}_ci95": t_quantile_975(n - 1) * std / math.sqrt(n) if n >= 2 else math.nan,
         "cv": cv,
-        "step_time_median_s": _median(good, "step_time_median_s"),
-        "step_time_p95_s": _median(good, "step_time_p95_s"),
-        # Hook for a predicted efficiency (compute time vs all-reduce time); not modelled yet.
-        "allreduce_time_s": _median(good, "allreduce_time_s"),
+        **{col: _median(good, col) for col in _MEDIANS},
         "noisy": n == 1 or (n >= 2 and cv > cv_threshold),
     }
+    step = point.stats["step_time_median_s"]
+    for part, col in BREAKDOWN.items():
+        value = point.stats[col]
+        point.stats[f"{part}_share"] = value / step if step > 0 else math.nan
+    point.stats["sanity"] = "; ".join(_sanity(good, point.stats))
     if n == 0:
         errors = all_trials["error"].dropna() if "error" in all_trials.columns else []
         reason = f": {_one_line(errors.iloc[0])}" if len(errors) else ""
@@ -234,6 +291,23 @@ def _point_stats(point: _Point, good: pd.DataFrame, all_trials: pd.DataFrame, cv
         point.notes.append("single repeat")
     elif n >= 2 and cv > cv_threshold:
         point.notes.append(f"cv {cv * 100:.1f}%")
+
+
+def _sanity(good: pd.DataFrame, stats: dict[str, Any]) -> list[str]:
+    """Short flags for results that should not be trusted as they stand (empty when fine)."""
+    flags = []
+    if {"first_loss", "final_loss"} <= set(good.columns):
+        known = good.dropna(subset=["first_loss", "final_loss"])
+        stuck = int((known["final_loss"] >= known["first_loss"]).sum())
+        if stuck:
+            flags.append(f"loss did not fall in {stuck} of {len(known)}")
+    if "loss_rank_spread" in good.columns and good["loss_rank_spread"].notna().any():
+        spread = float(good["loss_rank_spread"].max())
+        if spread > SANITY_LOSS_SPREAD:
+            flags.append(f"ranks disagree on loss (spread {spread * 100:.0f} %)")
+    if stats["rank_skew_share"] > SANITY_SKEW_SHARE:  # NaN compares False
+        flags.append(f"straggler skew {stats['rank_skew_share'] * 100:.0f} % of step")
+    return flags
 
 
 def _one_line(text: Any, limit: int = 80) -> str:
@@ -271,6 +345,18 @@ def _scaling_efficiency(points: list[_Point], fallback: bool) -> None:
         point.baseline_workers = base.num_workers
         point.speedup = point.mean / base.mean
         point.efficiency = point.speedup / (point.num_workers / base.num_workers)
+        if point is not base and min(point.n, base.n) >= 2:
+            half = ratio_ci95(point.mean, point.std, point.n, base.mean, base.std, base.n)
+            point.speedup_ci95 = half
+            point.efficiency_ci95 = half / (point.num_workers / base.num_workers)
+
+
+def ratio_ci95(m_a: float, s_a: float, n_a: int, m_b: float, s_b: float, n_b: int) -> float:
+    """Half-width of the 95 % interval of m_a / m_b by the delta method (independent samples), with
+    Student-t at min(n_a, n_b) - 1 degrees of freedom."""
+    ratio = m_a / m_b
+    se = ratio * math.sqrt(s_a**2 / (n_a * m_a**2) + s_b**2 / (n_b * m_b**2))
+    return t_quantile_975(min(n_a, n_b) - 1) * se
 
 
 def _node_efficiency(points: list[_Point], fallback: bool) -> None:
@@ -332,6 +418,8 @@ def _row(key: pd.Series, point: _Point, setting_cols: list[str], label: str) -> 
         **point.stats,
         speedup=point.speedup,
         efficiency=point.efficiency,
+        speedup_ci95=point.speedup_ci95,
+        efficiency_ci95=point.efficiency_ci95,
         efficiency_intra_node=point.efficiency_intra_node,
         efficiency_inter_node=point.efficiency_inter_node,
         baseline_workers=point.baseline_workers,
@@ -354,13 +442,20 @@ _COLUMN_ORDER = [
     f"{THROUGHPUT}_ci95",
     "cv",
     "speedup",
+    "speedup_ci95",
     "efficiency",
+    "efficiency_ci95",
     "efficiency_intra_node",
     "efficiency_inter_node",
     "baseline_workers",
     "step_time_median_s",
     "step_time_p95_s",
     "allreduce_time_s",
+    *BREAKDOWN.values(),
+    *(f"{part}_share" for part in BREAKDOWN),
+    "achieved_tflops",
+    "mfu",
+    "sanity",
     "noisy",
     "note",
 ]
@@ -387,108 +482,3 @@ def _typed(out: pd.DataFrame, trials: pd.DataFrame, key_cols: list[str]) -> pd.D
             except (TypeError, ValueError):  # NA in an integer column: keep the object column
                 pass
     return out.reset_index(drop=True)
-
-
-# ---------------------------------------------------------------------------------------------- tables
-
-
-def fmt_number(x: Any, like: Any = None) -> str:
-    """A throughput-like number with decimals fitting its size (or the size of ``like``, e.g. a mean)."""
-    if x is None or pd.isna(x):
-        return "-"
-    size = abs(float(x if like is None or pd.isna(like) else like))
-    decimals = 1 if size >= 100 else 2 if size >= 1 else 3 if size >= 0.1 else 4
-    return f"{float(x):.{decimals}f}"
-
-
-def fmt_ratio(x: Any) -> str:
-    return "-" if x is None or pd.isna(x) else f"{float(x):.2f}x"
-
-
-def fmt_percent(x: Any) -> str:
-    return "-" if x is None or pd.isna(x) else f"{float(x) * 100:.1f} %"
-
-
-def fmt_int(x: Any) -> str:
-    return "-" if x is None or pd.isna(x) else str(int(x))
-
-
-def group_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Per group: a title, the headers and the cells of the familiar speedup/efficiency table."""
-    groups = summary.groupby("group", sort=False) if "group" in summary.columns else [("all", summary)]
-    multi_node = "num_nodes" in summary.columns and bool((summary["num_nodes"].fillna(1) > 1).any())
-    node_eff = "efficiency_inter_node" in summary.columns and summary["efficiency_inter_node"].notna().any()
-    predicted = "efficiency_predicted" in summary.columns and summary["efficiency_predicted"].notna().any()
-    tables = []
-    for label, g in groups:
-        headers = ["workers", "GPUs"]
-        headers += ["nodes", "per node"] if multi_node else []
-        headers += ["throughput (samples/s)", "n", "speedup", "efficiency"]
-        headers += ["intra-node eff", "inter-node eff"] if node_eff else []
-        headers += ["predicted eff"] if predicted else []
-        headers += ["note"]
-        cells = []
-        for _, r in g.iterrows():
-            mean, std = r.get(f"{THROUGHPUT}_mean"), r.get(f"{THROUGHPUT}_std")
-            thr = fmt_number(mean)
-            if not pd.isna(mean) and not pd.isna(std):
-                thr += f" ± {fmt_number(std, like=mean)}"
-            row = [fmt_int(r.get("num_workers")), fmt_int(r.get("num_gpus"))]
-            row += [fmt_int(r.get("num_nodes")), fmt_int(r.get("workers_per_node"))] if multi_node else []
-            row += [thr, fmt_int(r.get("n")), fmt_ratio(r.get("speedup")), fmt_percent(r.get("efficiency"))]
-            if node_eff:
-                row += [
-                    fmt_percent(r.get("efficiency_intra_node")),
-                    fmt_percent(r.get("efficiency_inter_node")),
-                ]
-            if predicted:
-                row.append(fmt_percent(r.get("efficiency_predicted")))
-            row.append(str(r.get("note") or ""))
-            cells.append(row)
-        tables.append((_group_title(str(label), g), headers, cells))
-    return tables
-
-
-def _group_title(label: str, g: pd.DataFrame) -> str:
-    details = []
-    scaling = g["scaling"].dropna().unique() if "scaling" in g.columns else []
-    if len(scaling) == 1:
-        details.append(f"{scaling[0]} scaling")
-    base = g["baseline_workers"].dropna().unique() if "baseline_workers" in g.columns else []
-    if len(base) == 1:
-        details.append(f"baseline {int(base[0])} worker{'s' if base[0] != 1 else ''}")
-    return f"{label} ({', '.join(details)})" if details else label
-
-
-def render_text(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain aligned text table: numbers right-aligned, the last (note) column left-aligned."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) for c, w in zip(cells[:-1], widths[:-1], strict=True)] + [cells[-1]]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
-def render_markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    align = ["---:"] * (len(headers) - 1) + [":---"]
-    return "\n".join([line(headers), "|" + "|".join(align) + "|", *(line(r) for r in rows)])
-
-
-def format_table(summary: pd.DataFrame) -> str:
-    """The short per-group speedup/efficiency table of a `summarize` result, as plain text."""
-    blocks = [f"{title}\n{render_text(h, rows)}" for title, h, rows in group_tables(summary)]
-    return "\n\n".join(blocks)
-
-
-def format_markdown(summary: pd.DataFrame, title: str = "Scaling summary") -> str:
-    """The per-group tables of a `summarize` result as a Markdown document."""
-    blocks = [f"# {title}"]
-    blocks += [f"## {t}\n\n{render_markdown(h, rows)}" for t, h, rows in group_tables(summary)]
-    return "\n\n".join(blocks) + "\n"
