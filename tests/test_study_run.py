@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from tests.ray_helpers import TINY_STUDY_MODEL
@@ -67,7 +68,16 @@ def test_study_runs_resumes_after_a_kill_and_keeps_every_trial_once(tmp_path):
 
     # The summary CLI on these real results writes every file, and the plots open.
     summary = subprocess.run(
-        [sys.executable, "-m", "tinyfold_ray.summary", str(out / "e2e"), "--plot", "--predict", "4"],
+        [
+            sys.executable,
+            "-m",
+            "tinyfold_ray.summary",
+            str(out / "e2e"),
+            "--plot",
+            "--html",
+            "--predict",
+            "4",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -82,12 +92,22 @@ def test_study_runs_resumes_after_a_kill_and_keeps_every_trial_once(tmp_path):
         "throughput.png",
         "speedup.png",
         "efficiency.png",
+        "breakdown.png",
+        "report.html",
     ):
         assert (written / name).stat().st_size > 0, name
     import matplotlib.image
 
     assert matplotlib.image.imread(written / "speedup.png").ndim == 3
-    assert len(pd.read_parquet(written / "summary.parquet")) == 3  # 1 and 2 workers, and 4 predicted
+    summary_rows = pd.read_parquet(written / "summary.parquet").set_index("num_workers")
+    assert len(summary_rows) == 3  # 1 and 2 workers, and 4 predicted
+    # Explained: interval, breakdown, sanity and the dominant loss on the measured 2-worker point.
+    two = summary_rows.loc[2]
+    assert two.speedup_ci95 > 0 and two.efficiency_ci95 == pytest.approx(two.speedup_ci95 / 2)
+    assert two.comm_exposed_median_s > 0 and two.compute_time_median_s > 0
+    assert isinstance(two.sanity, str) and "% of step" in two.dominant_loss
+    assert steps[["compute_time_s", "comm_exposed_s", "optimizer_time_s"]].notna().all().all()
+    assert trials.achieved_tflops.gt(0).all()
     assert sorted(pd.read_parquet(out / "e2e").trial_id) == sorted(
         trials.trial_id
     )  # summary not read as trials
