@@ -29,7 +29,8 @@ from tinyfold_ray.results.schema import (
     TRIAL_SCHEMA,
     config_values,
 )
-from tinyfold_ray.results.summary import fmt_setting, format_markdown, format_table, t_quantile_975
+from tinyfold_ray.results.summary import fmt_setting, t_quantile_975
+from tinyfold_ray.results.tables import format_markdown, format_table
 from tinyfold_ray.summary import main
 
 _ids = itertools.count()

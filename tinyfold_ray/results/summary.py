@@ -75,15 +75,6 @@ _MEDIANS = ["step_time_median_s", "step_time_p95_s", "allreduce_time_s", *BREAKD
 _MEDIANS += ["achieved_tflops", "mfu"]
 
 
-def __getattr__(name: str) -> Any:
-    # The table formatting moved to results/tables.py; keep the old import path working for callers.
-    from tinyfold_ray.results import tables
-
-    if name in tables.__all__:
-        return getattr(tables, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def t_quantile_975(dof: int) -> float:
     """The 0.975 quantile of Student's t with ``dof`` degrees of freedom (exact, from scipy)."""
     assert dof >= 1, dof

@@ -136,7 +136,7 @@ def job_working_dir_warning(given: str, resolved: str) -> str | None:
 def _print_summary(location: str) -> None:
     from tinyfold_ray.errors import TinyFoldError
     from tinyfold_ray.results import load_results, summarize
-    from tinyfold_ray.results.summary import format_table
+    from tinyfold_ray.results.tables import format_table
 
     print(f"results: {location}  (pandas: pd.read_parquet({location!r}))")
     try:
