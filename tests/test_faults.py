@@ -114,7 +114,9 @@ def test_a_hung_worker_times_out_and_its_workers_are_released(tmp_path):
     outcome = run_trial(spec, str(tmp_path))
     injector.done.set()
     took = time.monotonic() - start
-    assert limit <= took < limit + 30, took
+    # Within seconds of the limit while the workers run; a start-up still in progress at the limit is
+    # ended by the backstop, BACKSTOP_GRACE_S later.
+    assert limit <= took < limit + faults.BACKSTOP_GRACE_S + 15, took
     error = outcome.row["error"]
     assert error.startswith(f"timed out after {limit:.0f} s in "), error
     assert error.split(" in ", 1)[1].split(" (")[0] in faults.PHASES

@@ -49,7 +49,7 @@ def _train_workers(pid: int) -> list[int]:
 
 
 def test_a_hung_worker_ends_as_a_failed_row_and_the_study_goes_on(tmp_path):
-    limit = 60
+    limit = 150  # generous: on a loaded 2-core box a healthy 1-worker trial took 84 s
     path = write_study(tmp_path, "hang", {"num_workers": [2, 1]})
     study = path.read_text().replace("resources:", f"resources:\n  trial_timeout_s: {limit}")
     path.write_text(study.replace("num_steps: 3", "num_steps: 200"))
@@ -75,7 +75,7 @@ def test_a_hung_worker_ends_as_a_failed_row_and_the_study_goes_on(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1, output[-3000:]
-    assert "FAILED: timed out after 60 s in " in output
+    assert f"FAILED: timed out after {limit} s in " in output
     trials = pd.read_parquet(out / "hang").set_index("trial_id")
     assert sorted(trials.index) == ["w1-r0", "w2-r0"]  # nothing lost, nothing twice
     assert trials.loc["w2-r0", "status"] == "failed" and trials.loc["w1-r0", "status"] == "ok"

@@ -42,6 +42,10 @@ def connect(*, verbose: bool = False, num_cpus: int | None = None) -> str:
     if num_cpus is None:
         num_cpus = (os.cpu_count() or 1) + SPARE_CPUS
     make_state_api_fail_fast()
+    # A trial that failed or ran past its limit waits this long for its workers' process-group
+    # shutdown (Ray Train's default: 30 s) before they are killed; a hung rank never answers. Ray Train
+    # reads it in its controller, which inherits the embedded cluster's environment.
+    os.environ.setdefault("TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S", "5")
     # address="local": a new cluster of our own, even if another Ray runs on this machine.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     return f"embedded Ray with {num_cpus} logical CPUs"
