@@ -1,5 +1,8 @@
 """Small shared pieces of the Ray tests."""
 
+import contextlib
+import os
+
 from tinyfold_ray.config import TrainConfig, tiny_model_config
 
 SMALL_MODEL = tiny_model_config(seq_len=12)
@@ -16,3 +19,22 @@ TINY_STUDY_MODEL = {
     "pair_transition_dim": 16,
     "c_opm": 4,
 }
+
+
+@contextlib.contextmanager
+def embedded_ray(num_cpus: int = 3):
+    """An embedded Ray for one test module, as the study starts it; the process environment is put
+    back afterwards, because starting it (and every trial) sets variables that later tests' own
+    subprocesses (`ray start`, `ray job submit`) would otherwise inherit."""
+    import ray
+
+    from tinyfold_ray.ray_session import connect
+
+    saved = dict(os.environ)
+    connect(num_cpus=num_cpus)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)

@@ -16,9 +16,8 @@ import pytest
 import ray
 from ray.experimental import internal_kv
 
-from tests.ray_helpers import SMALL_MODEL
+from tests.ray_helpers import SMALL_MODEL, embedded_ray
 from tinyfold_ray.config import TrainConfig, TrialSpec
-from tinyfold_ray.ray_session import connect
 from tinyfold_ray.train import faults
 from tinyfold_ray.train.trial import run_trial
 
@@ -29,9 +28,8 @@ ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=1)
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
-    connect(num_cpus=NUM_CPUS)
-    yield
-    ray.shutdown()
+    with embedded_ray(num_cpus=NUM_CPUS):
+        yield
 
 
 class Injector(threading.Thread):

@@ -9,11 +9,9 @@ import sys
 
 import pandas as pd
 import pytest
-import ray
 import yaml
 
-from tests.ray_helpers import TINY_STUDY_MODEL
-from tinyfold_ray.ray_session import connect
+from tests.ray_helpers import TINY_STUDY_MODEL, embedded_ray
 from tinyfold_ray.results import load_results, summarize
 from tinyfold_ray.study import load_study
 from tinyfold_ray.study.runner import plan, run_study
@@ -44,9 +42,8 @@ def run(path, out):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    connect(num_cpus=3)
-    yield
-    ray.shutdown()
+    with embedded_ray(num_cpus=3):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 import torch
 
-from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL
+from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL, embedded_ray
 from tinyfold_ray.config import DDPConfig, TrainConfig, TrialSpec
 from tinyfold_ray.flops import train_flops_per_sample
-from tinyfold_ray.ray_session import connect
 from tinyfold_ray.results.schema import STEP_COLUMNS, TRIAL_COLUMNS
 from tinyfold_ray.train.trial import run_trial
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
-    connect(num_cpus=3)
-    yield
-    ray.shutdown()
+    with embedded_ray(num_cpus=3):
+        yield
 
 
 def _ddp_probe(config):
