@@ -1,6 +1,8 @@
 """A simulated two-node cluster on one host (ray.cluster_utils.Cluster), GPU-style scheduling via a
 custom resource that each node has two of."""
 
+import os
+
 import pandas as pd
 import pytest
 import ray
@@ -14,13 +16,18 @@ from tinyfold_ray.train.trial import run_trial
 
 @pytest.fixture(scope="module")
 def two_nodes():
+    saved = dict(os.environ)
     make_state_api_fail_fast()
+    # As the embedded cluster of a study sets it (ray_session.connect): the nodes inherit it.
+    os.environ.setdefault("TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S", "5")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "resources": {"MOCK_GPU": 2}})
     cluster.add_node(num_cpus=2, resources={"MOCK_GPU": 2})
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_spread_trial_records_two_nodes_by_ray_node_id(two_nodes, tmp_path):
