@@ -24,8 +24,10 @@ import pyarrow as pa
 
 from tinyfold_ray.config import DDPConfig, ModelConfig, TrainConfig, TrialSpec
 
-SCHEMA_VERSION = 2
-"""2: every resolved setting is a column, plus config_hash and attempt (1: a hand-kept subset)."""
+SCHEMA_VERSION = 3
+"""3: what a result ran on (IDENTITY_COLUMNS), per-rank compute, replica check, alpha-beta all-reduce;
+first_loss/final_loss are means over the first/last measured steps. 2: every resolved setting is a
+column, plus config_hash and attempt. 1: a hand-kept subset."""
 
 STEPS_DIR = "_steps"
 SUMMARY_DIR = "_summary"
@@ -85,6 +87,17 @@ def config_values(spec: TrialSpec) -> dict[str, Any]:
     return values
 
 
+# A setting column that an older file lacks holds, for that file, the default of the time it was
+# written. Every setting so far was added with a default that kept the earlier behaviour, so that is
+# today's default; a default changed later goes here with the value older files imply.
+_IMPLIED_BEFORE_COLUMN: dict[str, Any] = {}
+
+
+def implied_settings() -> dict[str, Any]:
+    """What each CONFIG_COLUMNS column means for a result file written before the column existed."""
+    return {**config_values(TrialSpec()), **_IMPLIED_BEFORE_COLUMN}
+
+
 def config_hash(values: dict[str, Any]) -> str:
     """A stable digest of `config_values` (no names or repeat index): equal hashes, equal settings."""
     canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
@@ -117,13 +130,25 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "first_loss": _FLOAT,
     "final_loss": _FLOAT,
     "peak_memory_bytes": _INT,  # max over ranks; null where the device does not report it
-    "allreduce_time_s": _FLOAT,  # median all-reduce of a gradient-sized buffer on these workers
+    "allreduce_time_s": _FLOAT,  # all-reduce of a gradient-sized buffer on these workers (max over ranks)
+    # The all-reduce as latency + size x time per byte (alpha-beta), fitted from probes at several sizes
+    # on this trial's workers (so at its worker count and node count); null with one worker.
+    "allreduce_latency_s": _FLOAT,
+    "allreduce_s_per_byte": _FLOAT,
     # Where the step time goes (train/breakdown.py): medians over every (rank, measured step).
     "compute_time_median_s": _FLOAT,  # forward + backward without the all-reduce wait
     "comm_exposed_median_s": _FLOAT,  # the all-reduce wait that did not overlap backward (0 alone)
     "optimizer_time_median_s": _FLOAT,
     "rank_skew_median_s": _FLOAT,  # per step: slowest minus fastest rank; the median over steps
     "loss_rank_spread": _FLOAT,  # (max - min) / median over ranks of each rank's mean measured loss
+    # Each rank's own compute (its no-sync forward + backward) against the others; null with one worker.
+    "load_imbalance": _FLOAT,  # slowest rank's compute over the median rank's (1.0: balanced)
+    "slowest_rank": _INT,  # the world rank whose compute is slowest
+    "slowest_rank_host": _STR,
+    # Replicas that diverged: (max - min) / median over ranks of the loss of one common batch after the
+    # measured steps (0 when every replica holds the same parameters); null with one worker.
+    "replica_divergence": _FLOAT,
+    "run_order": _INT,  # position of the trial in its study's (shuffled) run order; null if unknown
     "flops_per_sample": _FLOAT,  # forward + backward matrix FLOPs of one sample (flops.py)
     "achieved_tflops": _FLOAT,  # flops_per_sample x throughput, in TFLOP/s
     "mfu": _FLOAT,  # achieved / the device's dense peak at this precision; null where unknown
@@ -138,6 +163,8 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "python_version": _STR,
     "cuda_version": _STR,
     "hip_version": _STR,
+    "comm_library_version": _STR,  # NCCL or RCCL version the workers' torch uses; null on gloo
+    "node_gpus": _INT,  # GPUs (Ray's GPU resource) of the trial's nodes, the most of them; 0 on CPU
     "git_commit": _STR,
     "env_vars": _STR,  # JSON object: collective/GPU-runtime variables the workers got (secrets redacted)
 }
@@ -160,7 +187,20 @@ STEP_COLUMNS: dict[str, pa.DataType] = {
     "compute_time_s": _FLOAT,  # this step's forward + backward, less the exposed all-reduce wait
     "comm_exposed_s": _FLOAT,  # the all-reduce wait beyond what overlapped backward
     "optimizer_time_s": _FLOAT,
+    "compute_reference_s": _FLOAT,  # this rank's own no-sync forward + backward (median); null alone
 }
+
+IDENTITY_COLUMNS = (
+    "device_name",
+    "backend",
+    "node_gpus",
+    "torch_version",
+    "ray_version",
+    "comm_library_version",
+    "env_vars",
+)
+"""What a result ran on: trials that differ in any of these are never averaged together, and a study
+does not resume onto another value without --rerun or a new output."""
 
 TRIAL_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()))
 STEP_SCHEMA = pa.schema(list(STEP_COLUMNS.items()))
