@@ -108,6 +108,15 @@ def trial(**overrides):
         "achieved_tflops": 0.666,
         "mfu": 0.00067,
         "profile_path": None,
+        "allreduce_latency_s": 0.002,
+        "allreduce_s_per_byte": 0.008 / (4 * 2_652_736),
+        "load_imbalance": 1.0,
+        "slowest_rank": 0,
+        "slowest_rank_host": "node0",
+        "replica_divergence": 0.0,
+        "run_order": None,
+        "comm_library_version": "2.27.3",
+        "node_gpus": 8,
     }
     assert set(row) == set(TRIAL_COLUMNS), "the helper must fill every schema column"
     row.update(overrides)
