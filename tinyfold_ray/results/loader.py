@@ -1,8 +1,9 @@
 """Read a study's Parquet results into pandas (no torch, no Ray).
 
 ``pd.read_parquet(study_dir)`` works on its own; `load_results` adds what a plain read cannot do: read
-an output root holding several studies at once, fill columns that older schema versions lack with
-nulls (so the summary never meets a missing column), and say clearly when a path holds no results.
+an output root holding several studies at once, fill columns that older schema versions lack (a setting
+with the value it had before the column existed, anything else with nulls, so the summary never meets a
+missing column), and say clearly when a path holds no results.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import sys
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -17,7 +19,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tinyfold_ray.errors import ConfigError
-from tinyfold_ray.results.schema import ATTEMPTS_DIR, STEP_SCHEMA, STEPS_DIR, TRIAL_SCHEMA
+from tinyfold_ray.results.schema import (
+    ATTEMPTS_DIR,
+    STEP_SCHEMA,
+    STEPS_DIR,
+    TRIAL_SCHEMA,
+    implied_settings,
+)
 from tinyfold_ray.results.storage import one_line, parquet_files, resolve, visible_entries
 
 __all__ = ["load_results"]
@@ -28,8 +36,10 @@ def load_results(path: str | os.PathLike, steps: bool = False, attempts: bool = 
 
     ``path`` is a study directory (``<output>/<study>/`` with ``<trial_id>.parquet`` files in it and
     the steps in ``_steps/``) or an output root whose subdirectories are studies; a local path or a
-    pyarrow-filesystem URI. Columns follow `schema.TRIAL_SCHEMA` / `schema.STEP_SCHEMA`; a column that
-    an older schema version lacks is filled with nulls, columns the schema does not know are kept.
+    pyarrow-filesystem URI. Columns follow `schema.TRIAL_SCHEMA` / `schema.STEP_SCHEMA`; a setting column
+    that an older file lacks holds, for every row of that file, `schema.implied_settings()` (the default
+    of the time it was written), any other column it lacks is null; columns the schema does not know
+    are kept.
     With ``attempts=True`` the earlier attempts of rerun trials (kept in ``_attempts/``) are included
     too; the ``attempt`` column tells them apart (`summarize` uses the latest of each trial).
     Raises `ConfigError` when the path does not exist or holds no results.
@@ -62,7 +72,8 @@ def load_results(path: str | os.PathLike, steps: bool = False, attempts: bool = 
         sort_by = ["study", "num_workers", "repeat", "trial_id", "attempt"]
         schema = TRIAL_SCHEMA
 
-    tables = [t for t in (_read_conformed(fs, f, schema) for f in files) if t is not None]
+    implied = implied_settings()
+    tables = [t for t in (_read_conformed(fs, f, schema, implied) for f in files) if t is not None]
     if not tables:
         raise ConfigError(f"no readable results in {location!r}: every result file was skipped")
     table = pa.concat_tables(tables, promote_options="permissive")
@@ -78,8 +89,14 @@ def _study_dirs(fs: pafs.FileSystem, base: str) -> list[str]:
     return [d for d in subdirs if parquet_files(fs, d)]
 
 
-def _read_conformed(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table | None:
-    """Read one part file and bring it to ``schema``: missing columns as nulls, known columns cast.
+def _read_conformed(
+    fs: pafs.FileSystem, path: str, schema: pa.Schema, implied: dict[str, Any]
+) -> pa.Table | None:
+    """Read one part file and bring it to ``schema``: known columns cast, a missing column filled with
+    its ``implied`` value (a setting the file predates) or with nulls.
+
+    A column present with nulls keeps them: null is a value the trial recorded ("not set"), whereas a
+    column the whole file lacks means the behaviour of its time, which may be a different value.
 
     An unreadable (corrupt, truncated) file is skipped with one line on stderr naming it: one bad
     file must not hide a whole study. The study's next run sets it aside and runs its trial again.
@@ -92,7 +109,8 @@ def _read_conformed(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Tab
     columns: list[pa.ChunkedArray | pa.Array] = []
     for field in schema:
         if field.name not in table.column_names:
-            columns.append(pa.nulls(table.num_rows, field.type))
+            value = implied.get(field.name)
+            columns.append(pa.array([value] * table.num_rows, field.type))
             continue
         column = table.column(field.name)
         try:

@@ -1,10 +1,25 @@
 """Speedup, efficiency and noise per scaling group, from the trials table (pure pandas: no torch, no Ray).
 
-A group is one study and one value of every setting column (`schema.SETTING_COLUMNS`: every resolved
-setting but the worker count) that varies within that study; for strong scaling the per-worker batch
-is not a group key (it shrinks as workers grow, the global batch is fixed), for weak scaling the global
-batch is not. Only the latest attempt of each trial counts. Within a group the baseline is the smallest
-worker count, and (DESIGN.md, the same formula for weak and strong scaling)::
+Only the latest attempt of each trial counts. Each study is grouped on its own: a group is one study,
+one value of every setting column (`schema.SETTING_COLUMNS`: every resolved setting but the worker
+count) and one value of every identity column (`schema.IDENTITY_COLUMNS`: device name, backend, GPUs
+per node, torch, Ray and collective library versions, env_vars). For strong scaling the per-worker
+batch is not a group key (it shrinks as workers grow, the global batch is fixed), for weak scaling the
+global batch is not; which applies is each trial's own `scaling`, so a weak and a strong study summarised
+together keep their own baselines. Null is a value like any other: `num_threads` null and 4 are two
+groups, never one mean. (A setting column that an older file lacks is not null: `load_results` fills it
+with the default of that file's time, `schema.implied_settings()`.)
+
+Trials that differ only in what they ran on (another GPU, torch, Ray or NCCL version, other `env:`
+values) are never averaged together: they are split into groups whose label names the difference (e.g.
+``device_name=NVIDIA H100 80GB HBM3``) and whose points' note says ``split by device_name: results ran
+on several machines/software``. A failed trial that never reached its workers records no machine
+(null identity); it is counted with the ok trials of its settings, at their most common identity.
+
+The group label names the settings and identity values that tell the study's groups apart (prefixed
+with ``study=...`` when the frame holds several studies; null shown as ``null``), else the study name.
+Within a group the baseline is the smallest worker count, and (DESIGN.md, the same formula for weak and
+strong scaling)::
 
     speedup    = mean throughput(N) / mean throughput(N_baseline)
     efficiency = speedup / (N / N_baseline)
@@ -23,12 +38,19 @@ R = m_N / m_B, means m and sample standard deviations s over n_N and n_B ok repe
 (half-widths; null at the baseline point itself and where either point has fewer than 2 repeats). The
 conservative min(n) - 1 degrees of freedom stand in for Welch-Satterthwaite's.
 
-The time breakdown of a point (compute, exposed communication, optimiser, rank skew, TFLOP/s, MFU) is
-the median over its ok repeats of each trial's per-step medians; each `*_share` is that median over the
-point's median step time. The `sanity` column flags a point (see `SANITY_*`) whose loss did not fall
-in some ok repeat (final_loss >= first_loss), whose ranks disagree on loss (loss_rank_spread above
-`SANITY_LOSS_SPREAD`), or whose straggler skew (rank_skew_median_s / step_time_median_s) is above
-`SANITY_SKEW_SHARE`.
+The time breakdown of a point (compute, exposed communication, optimiser, rank skew, TFLOP/s, MFU), the
+all-reduce fit (allreduce_latency_s, allreduce_s_per_byte), load_imbalance, replica_divergence and
+loss_rank_spread are medians over its ok repeats of each trial's figures; slowest_rank and
+slowest_rank_host are the most common (rank, host) of those repeats. Each `*_share` is a breakdown
+median over the point's median step time. When load_imbalance is above `STRAGGLER_IMBALANCE` the note
+says ``straggler: rank r (host) computes x % slower`` (x = (load_imbalance - 1) * 100): under DDP a
+fast rank waits for a slow one inside backward, so the step times alone show an exposed all-reduce.
+
+The `sanity` column flags a point (see `SANITY_*`) whose loss did not fall in some ok repeat
+(final_loss >= first_loss), whose replicas diverged (replica_divergence of some repeat above
+`SANITY_REPLICA_DIVERGENCE`), or whose straggler skew (rank_skew_median_s / step_time_median_s) is above
+`SANITY_SKEW_SHARE`. loss_rank_spread is information only: under DDP each rank trains on other samples,
+so the ranks' mean losses differ by design.
 """
 
 from __future__ import annotations
@@ -42,13 +64,14 @@ import numpy as np
 import pandas as pd
 
 from tinyfold_ray.errors import ConfigError
-from tinyfold_ray.results.schema import SETTING_COLUMNS
+from tinyfold_ray.results.schema import IDENTITY_COLUMNS, SETTING_COLUMNS
 
 __all__ = [
     "BREAKDOWN",
     "DEFAULT_CV_THRESHOLD",
-    "SANITY_LOSS_SPREAD",
+    "SANITY_REPLICA_DIVERGENCE",
     "SANITY_SKEW_SHARE",
+    "STRAGGLER_IMBALANCE",
     "summarize",
     "t_quantile_975",
 ]
@@ -56,11 +79,15 @@ __all__ = [
 DEFAULT_CV_THRESHOLD = 0.05
 """A point whose coefficient of variation over repeats exceeds this (5 %) is flagged noisy."""
 
-SANITY_LOSS_SPREAD = 0.25
-"""Ranks disagree on loss when (max - min) / median of their mean losses exceeds this (25 %)."""
+SANITY_REPLICA_DIVERGENCE = 1e-4
+"""Replicas diverged when the ranks' losses of one common batch after training differ by more than this
+(relative spread): DDP keeps every replica's parameters equal, so only rounding may tell them apart."""
 
 SANITY_SKEW_SHARE = 0.10
 """A straggler skew (slowest minus fastest rank per step) above 10 % of the step is flagged."""
+
+STRAGGLER_IMBALANCE = 1.10
+"""A point whose slowest rank computes more than 10 % slower than its median rank names that rank."""
 
 THROUGHPUT = "throughput_samples_per_sec"
 
@@ -72,7 +99,8 @@ BREAKDOWN = {
     "rank_skew": "rank_skew_median_s",
 }
 _MEDIANS = ["step_time_median_s", "step_time_p95_s", "allreduce_time_s", *BREAKDOWN.values()]
-_MEDIANS += ["achieved_tflops", "mfu"]
+_MEDIANS += ["achieved_tflops", "mfu", "allreduce_latency_s", "allreduce_s_per_byte"]
+_MEDIANS += ["load_imbalance", "replica_divergence", "loss_rank_spread"]
 
 
 def t_quantile_975(dof: int) -> float:
@@ -113,17 +141,21 @@ def summarize(
 ) -> pd.DataFrame:
     """One row per (group, num_workers, num_nodes, workers_per_node) of a trials table.
 
-    Columns: study, group (a label of the settings that tell groups apart), the group's settings,
-    num_workers, num_gpus, num_nodes, workers_per_node, device_name, n (ok repeats), n_failed,
-    throughput_samples_per_sec_{mean,std,median,ci95} (ci95 is the half-width of the Student-t 95 %
-    interval over repeats), cv, speedup, speedup_ci95, efficiency, efficiency_ci95 (delta-method
-    half-widths), efficiency_intra_node and efficiency_inter_node (only for groups spanning several
-    node counts), baseline_workers, step_time_median_s and step_time_p95_s (medians over repeats),
-    allreduce_time_s (median over repeats, where recorded), the breakdown medians
+    Columns: study, group (a label of the settings and identity values that tell groups apart), the
+    group's settings, its identity columns (backend, node_gpus, torch_version, ray_version,
+    comm_library_version, env_vars), num_workers, num_gpus, num_nodes, workers_per_node, device_name
+    (one per point), n (ok repeats), n_failed, throughput_samples_per_sec_{mean,std,median,ci95} (ci95
+    is the half-width of the Student-t 95 % interval over repeats), cv, speedup, speedup_ci95,
+    efficiency, efficiency_ci95 (delta-method half-widths), efficiency_intra_node and
+    efficiency_inter_node (only for groups spanning several node counts), baseline_workers,
+    step_time_median_s and step_time_p95_s (medians over repeats), allreduce_time_s,
+    allreduce_latency_s and allreduce_s_per_byte (medians, where recorded), the breakdown medians
     compute_time_median_s, comm_exposed_median_s, optimizer_time_median_s, rank_skew_median_s and
     their shares of the step (compute_share, comm_exposed_share, optimizer_share, rank_skew_share),
-    achieved_tflops and mfu (medians), sanity (flags, empty when fine), noisy (single repeat or cv above ``cv_threshold``) and note (why a point is noisy, failed, or has
-    no baseline; empty when there is nothing to say).
+    achieved_tflops and mfu (medians), load_imbalance (median), slowest_rank and slowest_rank_host (the
+    most common), replica_divergence and loss_rank_spread (medians), sanity (flags, empty when fine),
+    noisy (single repeat or cv above ``cv_threshold``) and note (why a point is split, noisy, failed,
+    has no baseline or a straggler; empty when there is nothing to say).
 
     When a group's smallest worker count failed in every repeat, its speedup and efficiency are NA and
     the note says so; with ``fallback_baseline`` the smallest worker count with an ok trial becomes
@@ -137,37 +169,45 @@ def summarize(
     if not cv_threshold > 0:
         raise ConfigError(f"cv_threshold={cv_threshold!r} is not allowed: must be a positive fraction")
 
-    work = latest_attempts(df)
+    work = latest_attempts(df).reset_index(drop=True)
     if "study" not in work.columns:
         work["study"] = ""
     status_ok = work["status"].eq("ok") if "status" in work.columns else pd.Series(True, index=work.index)
     work["_ok"] = status_ok.fillna(False).astype(bool) & work[THROUGHPUT].notna()
-    setting_cols = [c for c in SETTING_COLUMNS if c in work.columns]
-    keys = _group_keys(work, ["study", *setting_cols])
-    # Group by every setting that varies within a study, and by nothing else: a new setting is a new
-    # column, so it can never be averaged over by mistake, and a constant one never splits a group.
-    varying = keys.groupby("study", dropna=False)[setting_cols].nunique(dropna=True).gt(1).any()
-    key_cols = ["study", *(c for c in setting_cols if varying[c])]
+    setting_cols = ["study", *(c for c in SETTING_COLUMNS if c in work.columns)]
+    identity_cols = [c for c in IDENTITY_COLUMNS if c in work.columns]
+    # Every setting and identity column is a key, null included: a constant one never splits a group,
+    # and a new column can never be averaged over by mistake.
+    keys = _group_keys(work, [*setting_cols, *identity_cols])
+    settings_id = _ids(keys[setting_cols])
+    keys = _fill_unknown_identity(keys, work["_ok"], settings_id, identity_cols)
     try:
-        work = work.sort_values([*key_cols, "num_workers"], na_position="last", kind="stable")
+        order = keys.assign(_workers=work["num_workers"]).sort_values(
+            [*keys.columns, "_workers"], na_position="last", kind="stable"
+        )
+        work, keys = work.loc[order.index], keys.loc[order.index]
     except TypeError:  # a hand-built frame with mixed types in a column: keep its order
         pass
-    keys = _group_keys(work, key_cols)
-    group_ids, _ = pd.factorize(pd.Series(list(keys.itertuples(index=False, name=None)), dtype=object))
+    group_ids = _ids(keys)
+    first_rows = keys[~group_ids.duplicated()]  # one per group, in group order
+    labels = _group_labels(first_rows, [*setting_cols[1:], *identity_cols])
+    # Per settings: the identity columns that take several values, i.e. what split its trials apart.
+    split = keys[identity_cols].groupby(settings_id).nunique(dropna=False).gt(1)
 
-    records = []
-    for gid in range(group_ids.max() + 1):
-        members = np.flatnonzero(group_ids == gid)
-        points = _points(work.iloc[members], cv_threshold)
+    rows = []
+    for _, members in work.groupby(group_ids, sort=True):
+        first = members.index[0]
+        points = _points(members, cv_threshold)
+        differ = [c for c in identity_cols if split.loc[settings_id[first], c]]
+        if differ:
+            for point in points:
+                point.notes.insert(
+                    0, f"split by {', '.join(differ)}: results ran on several machines/software"
+                )
         _scaling_efficiency(points, fallback_baseline)
         _node_efficiency(points, fallback_baseline)
-        key = keys.iloc[members[0]]
-        records.extend((key, p) for p in points)
-    labels = _group_labels([k for k, _ in records], key_cols)
-    out = pd.DataFrame(
-        [_row(key, p, setting_cols, label) for (key, p), label in zip(records, labels, strict=True)]
-    )
-    return _typed(out, df, ["study", *setting_cols])
+        rows += [_row(keys.loc[first], p, setting_cols[1:], identity_cols, labels[first]) for p in points]
+    return _typed(pd.DataFrame(rows), df, [*setting_cols, *(c for c in identity_cols if c != "device_name")])
 
 
 def latest_attempts(trials: pd.DataFrame) -> pd.DataFrame:
@@ -181,15 +221,41 @@ def latest_attempts(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _group_keys(work: pd.DataFrame, key_cols: list[str]) -> pd.DataFrame:
-    """The group key of every trial: settings with NA as None, the scaling-dependent batch masked."""
+    """The group key of every trial: the columns with NA as None, the scaling-dependent batch masked."""
     keys = work[key_cols].astype(object)
     keys = keys.where(work[key_cols].notna(), None)
-    if "scaling" in keys.columns:
-        if "batch_per_worker" in keys.columns:
-            keys.loc[keys["scaling"].eq("strong"), "batch_per_worker"] = None
-        if "global_batch" in keys.columns:
-            keys.loc[keys["scaling"].eq("weak"), "global_batch"] = None
+    for col, per_point in _per_point(keys).items():
+        keys.loc[per_point, col] = None
     return keys
+
+
+def _per_point(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """The batch column that is a property of the point, not of the group (True where so): the per-worker
+    batch under strong scaling (it shrinks as workers grow), the global batch under weak scaling."""
+    if "scaling" not in frame.columns:
+        return {}
+    masks = {"batch_per_worker": frame["scaling"].eq("strong"), "global_batch": frame["scaling"].eq("weak")}
+    return {col: mask for col, mask in masks.items() if col in frame.columns}
+
+
+def _ids(keys: pd.DataFrame) -> pd.Series:
+    """One integer per distinct row of ``keys`` (None equals None), numbered in order of appearance."""
+    rows = pd.Series(list(keys.itertuples(index=False, name=None)), index=keys.index, dtype=object)
+    return pd.Series(pd.factorize(rows)[0], index=keys.index)
+
+
+def _fill_unknown_identity(
+    keys: pd.DataFrame, ok: pd.Series, settings_id: pd.Series, identity_cols: list[str]
+) -> pd.DataFrame:
+    """A failed trial that never reached its workers records no machine or software (null identity):
+    count it where the ok trials of its settings ran (their most common value), not as a group of its own.
+    """
+    keys = keys.copy()
+    for col in identity_cols:
+        usual = keys[col].where(ok).groupby(settings_id).transform(_mode)
+        unknown = ~ok & keys[col].isna()
+        keys.loc[unknown, col] = usual[unknown]
+    return keys.where(keys.notna(), None)
 
 
 def _scalar(value: Any) -> Any:
@@ -252,11 +318,9 @@ def _point_stats(point: _Point, good: pd.DataFrame, all_trials: pd.DataFrame, cv
     std = float(thr.std(ddof=1)) if n >= 2 else math.nan
     cv = std / mean if n >= 2 and mean > 0 else math.nan
     point.mean, point.std, point.n = mean, std, n
-    devices = good["device_name"].dropna().unique() if "device_name" in good.columns else []
     gpus = all_trials["num_gpus"].dropna() if "num_gpus" in all_trials.columns else pd.Series([], dtype=float)
     point.stats = {
         "num_gpus": _scalar(gpus.max()) if len(gpus) else None,
-        "device_name": ", ".join(sorted(str(d) for d in devices)),
         "n": n,
         "n_failed": n_failed,
         f"{THROUGHPUT}_mean": mean,
@@ -265,6 +329,7 @@ def _point_stats(point: _Point, good: pd.DataFrame, all_trials: pd.DataFrame, cv
         f"{THROUGHPUT}_ci95": t_quantile_975(n - 1) * std / math.sqrt(n) if n >= 2 else math.nan,
         "cv": cv,
         **{col: _median(good, col) for col in _MEDIANS},
+        **_slowest(good),
         "noisy": n == 1 or (n >= 2 and cv > cv_threshold),
     }
     step = point.stats["step_time_median_s"]
@@ -282,6 +347,20 @@ def _point_stats(point: _Point, good: pd.DataFrame, all_trials: pd.DataFrame, cv
         point.notes.append("single repeat")
     elif n >= 2 and cv > cv_threshold:
         point.notes.append(f"cv {cv * 100:.1f}%")
+    imbalance = point.stats["load_imbalance"]
+    if imbalance > STRAGGLER_IMBALANCE:  # NaN compares False
+        rank, host = point.stats["slowest_rank"], point.stats["slowest_rank_host"] or "host unknown"
+        point.notes.append(f"straggler: rank {rank} ({host}) computes {(imbalance - 1) * 100:.0f} % slower")
+
+
+def _slowest(good: pd.DataFrame) -> dict[str, Any]:
+    """The slowest rank and its host that most repeats name (None where no repeat names one)."""
+    cols = ["slowest_rank", "slowest_rank_host"]
+    named = good[cols].dropna(subset=cols[:1]) if set(cols) <= set(good.columns) else good.iloc[:0]
+    if named.empty:
+        return dict.fromkeys(cols)
+    rank, host = named.groupby(cols, dropna=False).size().idxmax()
+    return {"slowest_rank": _as_int(rank), "slowest_rank_host": _scalar(host)}
 
 
 def _sanity(good: pd.DataFrame, stats: dict[str, Any]) -> list[str]:
@@ -292,10 +371,14 @@ def _sanity(good: pd.DataFrame, stats: dict[str, Any]) -> list[str]:
         stuck = int((known["final_loss"] >= known["first_loss"]).sum())
         if stuck:
             flags.append(f"loss did not fall in {stuck} of {len(known)}")
-    if "loss_rank_spread" in good.columns and good["loss_rank_spread"].notna().any():
-        spread = float(good["loss_rank_spread"].max())
-        if spread > SANITY_LOSS_SPREAD:
-            flags.append(f"ranks disagree on loss (spread {spread * 100:.0f} %)")
+    if "replica_divergence" in good.columns:
+        known = good["replica_divergence"].dropna()
+        diverged = known[known > SANITY_REPLICA_DIVERGENCE]
+        if len(diverged):
+            flags.append(
+                f"replicas diverged (common-batch loss spread {diverged.max():.1e} in {len(diverged)} of "
+                f"{len(known)})"
+            )
     if stats["rank_skew_share"] > SANITY_SKEW_SHARE:  # NaN compares False
         flags.append(f"straggler skew {stats['rank_skew_share'] * 100:.0f} % of step")
     return flags
@@ -381,15 +464,26 @@ def _node_efficiency(points: list[_Point], fallback: bool) -> None:
                 point.efficiency_inter_node = point.mean / ideal
 
 
-def _group_labels(keys: list[pd.Series], key_cols: list[str]) -> list[str]:
-    """A short label per group: the settings whose values differ between groups (else the study)."""
-    frame = pd.DataFrame([k.tolist() for k in keys], columns=key_cols, dtype=object)  # None stays None
-    varying = [c for c in key_cols if frame[c].dropna().astype(str).nunique() > 1]
-    labels = []
-    for key in frame.to_dict("records"):  # not iterrows: it may infer a dtype and turn None into NaN
-        parts = [f"{c}={fmt_setting(key[c])}" for c in varying if key[c] is not None]
-        labels.append(", ".join(parts) or str(key["study"] or "all"))
-    return labels
+def _group_labels(groups: pd.DataFrame, cols: list[str]) -> pd.Series:
+    """A short label per group (one row of keys each): the values of ``cols`` that tell its study's
+    groups apart, after ``study=...`` when there are several studies; else the study's name."""
+    shown = groups[cols].astype(object).map(_show)
+    for col, per_point in _per_point(groups).items():
+        shown.loc[per_point, col] = None  # not a group key there: neither compared nor named
+    differs = shown.groupby(groups["study"], dropna=False).transform("nunique").gt(1)
+    several = groups["study"].nunique(dropna=False) > 1
+    labels = {}
+    for idx, study in groups["study"].items():
+        parts = [f"study={study}"] if several else []
+        parts += [
+            f"{c}={shown.at[idx, c]}" for c in cols if differs.at[idx, c] and pd.notna(shown.at[idx, c])
+        ]
+        labels[idx] = ", ".join(parts) or str(study or "all")
+    return pd.Series(labels)
+
+
+def _show(value: Any) -> str:
+    return "null" if _scalar(value) is None else fmt_setting(value)
 
 
 def fmt_setting(value: Any) -> str:
@@ -398,10 +492,13 @@ def fmt_setting(value: Any) -> str:
     return str(value)
 
 
-def _row(key: pd.Series, point: _Point, setting_cols: list[str], label: str) -> dict[str, Any]:
+def _row(
+    key: pd.Series, point: _Point, setting_cols: list[str], identity_cols: list[str], label: str
+) -> dict[str, Any]:
     row: dict[str, Any] = {"study": key["study"], "group": label}
     for col in setting_cols:
         row[col] = _scalar(point.first[col])  # the masked batch column varies per point: its own value
+    row.update({col: key.get(col) for col in ("device_name", *identity_cols)})
     row.update(
         num_workers=point.num_workers,
         num_nodes=point.num_nodes,
@@ -442,10 +539,17 @@ _COLUMN_ORDER = [
     "step_time_median_s",
     "step_time_p95_s",
     "allreduce_time_s",
+    "allreduce_latency_s",
+    "allreduce_s_per_byte",
     *BREAKDOWN.values(),
     *(f"{part}_share" for part in BREAKDOWN),
     "achieved_tflops",
     "mfu",
+    "load_imbalance",
+    "slowest_rank",
+    "slowest_rank_host",
+    "replica_divergence",
+    "loss_rank_spread",
     "sanity",
     "noisy",
     "note",
@@ -458,6 +562,7 @@ _INT_COLUMNS = (
     "n",
     "n_failed",
     "baseline_workers",
+    "slowest_rank",
 )
 
 
