@@ -3,7 +3,9 @@
 Starts one Ray Train worker per local GPU (or the count asked; gloo workers on a CPU-only machine),
 and on them checks what a study relies on: every rank on its own device, an all-reduce that sums
 right, DDP steps with a finite loss and identical replicas; and measures the all-reduce bus bandwidth
-(nccl-tests' definition) for a gradient-sized and a large buffer. Every problem is one line.
+(nccl-tests' definition) for a gradient-sized and a large buffer, and the latency + bandwidth fit a
+trial records (train/allreduce_probe.py: the same barriered probe, max over ranks). Every problem is
+one line.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 
 import torch
 
-from tinyfold_ray.config import ModelConfig, TrainConfig, TrialSpec, tiny_model_config
+from tinyfold_ray.config import DDP_WARMUP_STEPS, ModelConfig, TrainConfig, TrialSpec, tiny_model_config
 from tinyfold_ray.device import VISIBLE_DEVICE_VARS
+from tinyfold_ray.train.allreduce_probe import FP32_BYTES, allreduce_times, fit_alpha_beta, probe_sizes
 
-VALIDATE_TRAIN = TrainConfig(batch_size=2, num_steps=3, warmup_steps=1, num_threads=1)
+VALIDATE_TRAIN = TrainConfig(batch_size=2, num_steps=3, warmup_steps=DDP_WARMUP_STEPS, num_threads=1)
 LARGE_BUFFER_BYTES = {"gpu": 256 * 2**20, "cpu": 16 * 2**20}
 BANDWIDTH_REPEATS = {"gpu": 20, "cpu": 3}
 # DDP keeps replicas bit-identical in fp32 (every rank applies the same averaged gradient).
@@ -50,7 +53,7 @@ def validate_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     from tinyfold_ray.errors import TinyFoldError
     from tinyfold_ray.train.loop import run_timed_loop
     from tinyfold_ray.train.step import build_training
-    from tinyfold_ray.train.worker import ddp_wrapper, time_allreduce, worker_device
+    from tinyfold_ray.train.worker import ddp_wrapper, worker_device
 
     spec: TrialSpec = config["spec"]
     ctx = ray.train.get_context()
@@ -102,11 +105,14 @@ def validate_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
         record["error"] = f"{type(e).__name__}: {e}"
 
     record["bandwidth"] = {}
+    record["allreduce_fit"] = None
     if world > 1:
-        repeats = BANDWIDTH_REPEATS[kind]
-        for label, num_bytes in (("gradient", gradient_bytes()), ("large", LARGE_BUFFER_BYTES[kind])):
-            seconds = time_allreduce(num_bytes // 4, device, repeats)
-            record["bandwidth"][label] = (num_bytes, seconds)
+        gradient_numel = gradient_bytes() // FP32_BYTES
+        sizes = [*probe_sizes(gradient_numel), LARGE_BUFFER_BYTES[kind] // FP32_BYTES]
+        seconds = allreduce_times(sizes, device, BANDWIDTH_REPEATS[kind])
+        for label, numel in (("gradient", gradient_numel), ("large", sizes[-1])):
+            record["bandwidth"][label] = (FP32_BYTES * numel, seconds[sizes.index(numel)])
+        record["allreduce_fit"] = fit_alpha_beta([FP32_BYTES * n for n in sizes], seconds)
 
     records = [None] * world if rank == 0 else None
     dist.gather_object(record, records, dst=0)
@@ -208,13 +214,21 @@ def describe(records: list[dict[str, Any]], use_gpu: bool, where: str) -> Report
         if not timings:
             continue
         num_bytes = timings[0][0]
-        seconds = max(t[1] for t in timings)  # the collective lasts as long as its slowest rank
+        seconds = max(t[1] for t in timings)  # already the max over ranks: the probe took it
         algbw, busbw = bus_bandwidth(num_bytes, seconds, world)
         lines.append(
             f"bus bandwidth, {label} buffer ({num_bytes / 2**20:.1f} MiB): {busbw / 1e9:.2f} GB/s "
-            f"(algbw {algbw / 1e9:.2f} GB/s, {seconds * 1e3:.2f} ms median)"
+            f"(algbw {algbw / 1e9:.2f} GB/s, {seconds * 1e3:.2f} ms median, slowest rank)"
         )
+    if first.get("allreduce_fit"):
+        lines.append(alpha_beta_line(*first["allreduce_fit"]))
     return Report(lines=lines, problems=find_problems(records, use_gpu))
+
+
+def alpha_beta_line(latency_s: float, s_per_byte: float) -> str:
+    """The fitted all-reduce model as a report line: t = latency + bytes / algbw."""
+    algbw = f"{1 / s_per_byte / 1e9:.2f} GB/s" if s_per_byte > 0 else "unbounded (latency-bound)"
+    return f"all-reduce fit: t = {latency_s * 1e6:.1f} us + bytes / {algbw} (algbw)"
 
 
 def validate_setup(device: str = "auto", num_workers: int | None = None, *, verbose: bool = False) -> Report:
