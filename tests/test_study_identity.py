@@ -1,20 +1,29 @@
 """Result identity on real CPU studies: groups by value, resume by value, stable ids, kept attempts.
 
 One embedded Ray for the module and one small study (4 trials of the tiny model) that the checks share;
-the checks that need no trial to run (reordered keys, changed settings) plan against its results.
+the checks that need no trial to run (reordered keys, changed settings, another machine) plan against
+its results, probing the embedded cluster for what the trials would run on now.
 """
 
+import shutil
 import subprocess
 import sys
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from tests.ray_helpers import TINY_STUDY_MODEL, embedded_ray
+from tinyfold_ray.device import cpu_name
+from tinyfold_ray.errors import StudySpecError
 from tinyfold_ray.results import load_results, summarize
-from tinyfold_ray.study import load_study
-from tinyfold_ray.study.runner import plan, run_study
+from tinyfold_ray.results.schema import IDENTITY_COLUMNS
+from tinyfold_ray.results.writer import existing_trials
+from tinyfold_ray.study import expand, load_study
+from tinyfold_ray.study.identity import probe
+from tinyfold_ray.study.runner import as_run, plan, run_study
 
 STUDY = {
     "name": "lr",
@@ -22,7 +31,7 @@ STUDY = {
     "max_concurrent_trials": 2,
     "resources": {"device": "cpu", "cpus_per_worker": 0.5},
     "model": TINY_STUDY_MODEL,
-    "train": {"num_steps": 2, "warmup_steps": 1},
+    "train": {"num_steps": 2, "warmup_steps": 2},
     "sweep": {"learning_rate": [1e-3, 3e-4], "num_workers": [1, 2]},
 }
 
@@ -73,8 +82,41 @@ def test_reordered_sweep_keys_resume_every_trial(lr_study):
     tmp, out = lr_study
     reordered = {**STUDY, "sweep": dict(reversed(STUDY["sweep"].items()))}
     reordered = dict(reversed(reordered.items()))  # top-level keys too
+    # The real probe runs here: the same machine and software, so every trial is kept.
     todo, finished = plan(load_study(write(tmp, reordered, "reordered.yaml")), str(out))
     assert todo == [] and len(finished) == 4
+
+
+def test_the_probe_answers_what_the_trials_recorded_and_rows_record_their_run_order(lr_study):
+    tmp, out = lr_study
+    trials = expand(load_study(write(tmp, STUDY)))
+    stored = existing_trials(str(out), "lr")
+    found = probe([as_run(t) for t in trials])
+    assert found.keys() == stored.keys() == {t.trial_id for t in trials}
+    for trial_id, identity in found.items():
+        assert identity == {k: stored[trial_id][k] for k in IDENTITY_COLUMNS}
+    assert (identity["device_name"], identity["backend"], identity["node_gpus"]) == (cpu_name(), "cpu", 0)
+    assert identity["comm_library_version"] is None  # gloo
+    assert {i: row["run_order"] for i, row in stored.items()} == {t.trial_id: t.run_order for t in trials}
+
+
+def test_a_study_resumed_on_another_machine_is_refused_unless_rerun(lr_study):
+    tmp, out = lr_study
+    moved = tmp / "moved"
+    shutil.copytree(out, moved)
+    first = sorted((moved / "lr").glob("*.parquet"))[0]
+    table = pq.read_table(first)
+    row = table.to_pandas()
+    row["device_name"], row["torch_version"] = "NVIDIA H100 80GB HBM3", "2.5.0"
+    pq.write_table(pa.Table.from_pandas(row, schema=table.schema, preserve_index=False), first)
+    spec = load_study(write(tmp, STUDY))
+    with pytest.raises(StudySpecError) as info:
+        plan(spec, str(moved))
+    message = str(info.value)
+    assert f"1 finished trial(s) in {moved / 'lr'} (e.g. {first.stem})" in message and "\n" not in message
+    assert f"device_name 'NVIDIA H100 80GB HBM3' -> {cpu_name()!r}" in message
+    assert "torch_version '2.5.0' -> " in message and "--rerun" in message
+    assert [t.trial_id for t in plan(spec, str(moved), rerun=True)[0]] == [t.trial_id for t in expand(spec)]
 
 
 def test_a_changed_fixed_setting_is_refused_before_anything_starts(lr_study):
@@ -82,7 +124,7 @@ def test_a_changed_fixed_setting_is_refused_before_anything_starts(lr_study):
     changed = {
         **STUDY,
         "model": {**TINY_STUDY_MODEL, "c_z": 16},
-        "train": {"num_steps": 3, "warmup_steps": 1},
+        "train": {"num_steps": 3, "warmup_steps": 2},
     }
     path = write(tmp, changed, "changed.yaml")
     before = sorted(p.name for p in (out / "lr").rglob("*"))

@@ -23,6 +23,9 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-auto
 # replayed from its third, so their warm-up needs that many untimed steps.
 CUDAGRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 CUDAGRAPH_WARMUP_STEPS = 3
+# DDP rebuilds its gradient buckets in the order backward produced the gradients, during its second
+# iteration: with several workers, the first two steps are not yet the steps a study times.
+DDP_WARMUP_STEPS = 2
 ATTENTION_KERNELS = ("eager", "sdpa")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 SCALING_MODES = ("weak", "strong")
@@ -281,6 +284,9 @@ class TrialSpec:
     """Deterministic name of this trial within the study."""
     repeat: int = 0
     """Repeat index of the same configuration."""
+    run_order: int | None = None
+    """Position of the trial in its study's run order (0-based; set by study expansion). Not a setting:
+    it is recorded, but neither config_values nor config_hash sees it; None outside a study."""
     scaling: str = "weak"
     """weak: per-worker batch fixed; strong: global batch fixed (recorded for the summary)."""
     num_workers: int = 1
@@ -335,6 +341,13 @@ class TrialSpec:
             self.train.compile,
             f"captures CUDA graphs, which this DDP training ({self.num_workers} workers) does not support; "
             "use compile=default or max-autotune-no-cudagraphs",
+        )
+        _require(
+            self.num_workers == 1 or self.train.warmup_steps >= DDP_WARMUP_STEPS,
+            "warmup_steps",
+            self.train.warmup_steps,
+            f"{self.num_workers} workers need >= {DDP_WARMUP_STEPS} untimed warm-up steps: DDP rebuilds "
+            "its gradient buckets in its second step, which must not be timed",
         )
         check_env(self.env)
 

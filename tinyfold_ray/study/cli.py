@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -43,13 +44,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         trials = expand(spec)
-        print(f"study {spec.name}: {len(trials)} trials ({spec.scaling} scaling, {spec.repeats} repeat(s))")
+        print(
+            f"study {spec.name}: {len(trials)} trials ({spec.scaling} scaling, {spec.repeats} repeat(s)), "
+            f"in the order they run (order_seed {spec.order_seed})"
+        )
         width = max(32, *(len(t.trial_id) for t in trials))
-        print(f"{'trial':<{width}} {'workers':>7} {'batch/worker':>12} {'global':>6}  amp")
+        print(f"{'order':>5} {'trial':<{width}} {'workers':>7} {'batch/worker':>12} {'global':>6}  amp")
         for t in trials:
             print(
-                f"{t.trial_id:<{width}} {t.num_workers:>7} {t.train.batch_size:>12} {t.global_batch:>6}  "
-                f"{t.train.amp}"
+                f"{t.run_order:>5} {t.trial_id:<{width}} {t.num_workers:>7} {t.train.batch_size:>12} "
+                f"{t.global_batch:>6}  {t.train.amp}"
             )
         return 0
 
@@ -68,14 +72,18 @@ def _run(args, spec, output: str) -> int:
     from tinyfold_ray.ray_session import connect
     from tinyfold_ray.results.provenance import git_commit
     from tinyfold_ray.results.safe_write import check_writable
+    from tinyfold_ray.study.identity import probe
     from tinyfold_ray.study.runner import check_cluster, plan, print_line, run_study
 
-    todo, finished = plan(spec, output, rerun=args.rerun)
+    # Ray starts (or is joined) once, when first needed: to check what finished trials ran on
+    # against the cluster (plan), or to run trials.
+    connected = functools.cache(lambda: connect(verbose=args.verbose))
+    todo, finished = plan(spec, output, rerun=args.rerun, identity=lambda trials: probe(trials, connected))
     if finished:
         print_line(f"resuming: {len(finished)} finished trial(s) kept and skipped")
     concurrent = None
     if todo:
-        print_line(f"study {spec.name}: {len(todo)} trial(s) to run on {connect(verbose=args.verbose)}")
+        print_line(f"study {spec.name}: {len(todo)} trial(s) to run on {connected()}")
         concurrent = check_cluster(spec, todo, output)
         if concurrent < spec.max_concurrent_trials:
             print_line(

@@ -1,8 +1,10 @@
-"""A StudySpec's sweep -> the ordered list of TrialSpecs, with stable, readable names."""
+"""A StudySpec's sweep -> its TrialSpecs in run order, with stable, readable names."""
 
 from __future__ import annotations
 
+import random
 import re
+from dataclasses import replace
 
 from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.study.spec import StudySpec, resolve, sweep_points
@@ -25,13 +27,19 @@ def trial_id(settings: dict, repeat: int) -> str:
 
 
 def expand(spec: StudySpec) -> list[TrialSpec]:
-    """Every trial of the study. Repeats are the outer loop, so that drift in the machine over a long
-    study spreads across configurations instead of biasing one of them."""
+    """Every trial of the study, in the order they run, each with its `run_order` (0-based).
+
+    Repeats are the outer loop, and within a repeat the configurations run in an order shuffled by a
+    generator seeded with the study's `order_seed`: drift in the machine over a long study (heat, other
+    jobs, a filling disk) then spreads across configurations instead of rising with the worker count,
+    and the same study file always runs, resumes and lists (--dry-run) in the same order.
+    """
     points = sweep_points(spec)
-    trials = [
-        resolve(spec, point, repeat=repeat, trial_id=trial_id(point, repeat))
-        for repeat in range(spec.repeats)
-        for point in points
-    ]
+    rng = random.Random(spec.order_seed)
+    trials = []
+    for repeat in range(spec.repeats):
+        for point in rng.sample(points, len(points)):
+            trial = resolve(spec, point, repeat=repeat, trial_id=trial_id(point, repeat))
+            trials.append(replace(trial, run_order=len(trials)))
     assert len({t.trial_id for t in trials}) == len(trials), "trial ids must be unique"
     return trials

@@ -17,7 +17,8 @@ from tinyfold_ray.errors import StudySpecError
 from tinyfold_ray.results.storage import absolute_location, is_uri, join
 from tinyfold_ray.results.writer import existing_trials
 from tinyfold_ray.study.expand import expand
-from tinyfold_ray.study.resume import check_unchanged
+from tinyfold_ray.study.identity import probe
+from tinyfold_ray.study.resume import check_same_identity, check_unchanged
 from tinyfold_ray.study.spec import StudySpec
 from tinyfold_ray.train.environment import forwarded_env
 
@@ -41,20 +42,44 @@ class StudyReport:
         return self.planned - self.skipped - len(self.ok) - len(self.failed)
 
 
-def plan(spec: StudySpec, output: str, *, rerun: bool = False) -> tuple[list[TrialSpec], list[TrialSpec]]:
-    """(trials to run, trials already finished). Failed trials run again; ok ones only with rerun.
+def plan(
+    spec: StudySpec,
+    output: str,
+    *,
+    rerun: bool = False,
+    identity: Callable[[list[TrialSpec]], dict[str, dict[str, Any]]] | None = None,
+) -> tuple[list[TrialSpec], list[TrialSpec]]:
+    """(trials to run, trials already finished), both in run order. Failed trials run again; ok ones
+    only with rerun.
 
-    A finished trial counts only if it ran with the settings the study asks for now; otherwise this
-    raises StudySpecError naming the changed settings (resume.check_unchanged).
+    A finished trial counts only if it ran with the settings the study asks for now, and on the kind
+    of machine and software its trial would get now; otherwise this raises StudySpecError naming what
+    changed (resume.py). `identity` says what the finished trials would run on now (trial_id -> the
+    identity columns; default: study/identity.py's probe, which joins or starts Ray). It is called
+    only when there are finished trials, after their settings passed: nothing else needs Ray here.
     """
     trials = expand(spec)
     if rerun:
         return trials, []
     done = existing_trials(output, spec.name)
     finished = [t for t in trials if done.get(t.trial_id, {}).get("status") == "ok"]
-    check_unchanged(spec.source, join(output, spec.name), finished, done)
+    location = join(output, spec.name)
+    check_unchanged(spec.source, location, finished, done)
+    if finished:
+        try:
+            current = (identity or probe)([as_run(t) for t in finished])
+        except StudySpecError as e:
+            raise StudySpecError(f"{spec.source}: {e}") from None
+        check_same_identity(spec.source, location, finished, done, current)
     kept = {t.trial_id for t in finished}
     return [t for t in trials if t.trial_id not in kept], finished
+
+
+def as_run(trial: TrialSpec) -> TrialSpec:
+    """The trial as its Tune actor gets it. Trials run in Tune actors, perhaps on other nodes: this
+    driver's collective-library variables go with each spec (the study's own `env:` still wins), so
+    every trial's workers get them."""
+    return replace(trial, env={**forwarded_env(os.environ), **trial.env})
 
 
 def check_cluster(spec: StudySpec, trials: list[TrialSpec], output: str) -> int:
@@ -158,10 +183,7 @@ def run_study(
     report = StudyReport(location=join(output, spec.name), planned=len(todo) + skipped, skipped=skipped)
     if not todo:
         return report
-    # Trials run in Tune actors, perhaps on other nodes: this driver's collective-library variables go
-    # with each spec (the study's own `env:` still wins), so every trial's workers get them.
-    driver_env = forwarded_env(os.environ)
-    specs = {t.trial_id: replace(t, env={**driver_env, **t.env}) for t in todo}
+    specs = {t.trial_id: as_run(t) for t in todo}
     concurrent = concurrent or spec.max_concurrent_trials
     order = {t.trial_id: i for i, t in enumerate(todo, start=1)}
 
@@ -200,6 +222,7 @@ def run_study(
     scratch = tempfile.mkdtemp(prefix="tinyfold-tune-")
     tuner = tune.Tuner(
         trainable,
+        # A grid of one axis runs in list order: the study's run order (expand), which rows record.
         param_space={"trial_id": tune.grid_search([t.trial_id for t in todo])},
         # One trial-driver actor serves trial after trial, instead of a new process (and its imports)
         # per trial: the 4-trial cpu-smoke study took 55 s instead of 70 s on 2 cores.

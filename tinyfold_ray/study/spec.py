@@ -56,6 +56,7 @@ TOP_LEVEL = {
     "output_is_shared": bool,
     "scaling": str,
     "repeats": int,
+    "order_seed": int,
     "max_concurrent_trials": int,
     "profile": bool,
 }
@@ -73,6 +74,11 @@ class StudySpec:
     output_is_shared: bool = False
     scaling: str = "weak"
     repeats: int = 1
+    order_seed: int = 0
+    """Seed of the run order: repeats run one after another (all of repeat 0 first), and the trials of
+    each repeat in an order shuffled by this seed, so that slow drift of the machine over a study does
+    not line up with the worker count or any other setting. Each trial row records its place
+    (`run_order`); the same seed gives the same order, and changing it changes no result's identity."""
     max_concurrent_trials: int = 1
     device: str = "auto"
     cpus_per_worker: float = 1.0
@@ -80,9 +86,9 @@ class StudySpec:
     extra_resources: dict[str, float] = field(default_factory=dict)
     start_timeout_s: float = 120.0
     trial_timeout_s: float | None = None
+    """Wall-time limit of each trial; None = derived from the trial's work (train/faults.py)."""
     profile: bool = False
     """A torch.profiler trace per rank of every trial (a few steps after the measured ones)."""
-    """Wall-time limit of each trial; None = derived from the trial's work (train/faults.py)."""
     env: dict[str, str] = field(default_factory=dict)
     """Environment variables for every worker of every trial."""
     fixed: dict[str, Any] = field(default_factory=dict)
