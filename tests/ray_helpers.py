@@ -6,7 +6,7 @@ import os
 from tinyfold_ray.config import TrainConfig, tiny_model_config
 
 SMALL_MODEL = tiny_model_config(seq_len=12)
-SHORT_TRAINING = TrainConfig(batch_size=2, num_steps=4, warmup_steps=1)
+SHORT_TRAINING = TrainConfig(batch_size=2, num_steps=4, warmup_steps=2)
 
 # The model of the end-to-end study files: the smallest that still exercises every module.
 TINY_STUDY_MODEL = {

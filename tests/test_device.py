@@ -13,7 +13,9 @@ from tinyfold_ray.device import (
     DeviceChoiceError,
     choose_gpu_ordinal,
     comm_backends,
+    comm_library_version,
     gpu_index,
+    provenance,
 )
 
 
@@ -128,3 +130,18 @@ def test_collective_library_names_never_assume_nvidia():
     assert comm_backends("rocm") == ("nccl", "rccl")
     assert comm_backends("cuda") == ("nccl", "nccl")
     assert comm_backends("cpu") == ("gloo", "gloo")
+
+
+def test_the_collective_library_version_is_none_on_a_cpu_build_and_dotted_on_a_gpu_build(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert comm_library_version() is None and provenance()["comm_library_version"] is None
+    monkeypatch.setattr(torch.version, "hip", "6.4.0")  # ROCm: torch.cuda.nccl reports RCCL
+    monkeypatch.setattr(torch.cuda.nccl, "version", lambda: (2, 21, 5))
+    assert comm_library_version() == "2.21.5" and provenance()["comm_library_version"] == "2.21.5"
+
+    def missing():  # what a build without the NCCL binding does
+        raise AttributeError("module 'torch._C' has no attribute '_nccl_version'")
+
+    monkeypatch.setattr(torch.cuda.nccl, "version", missing)
+    assert comm_library_version() is None

@@ -23,7 +23,7 @@ from tinyfold_ray.train.trial import run_trial
 
 NUM_CPUS = 3
 # Far more steps than a test waits for: the trial only ends through the injected fault.
-ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=1)
+ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=2)
 
 
 @pytest.fixture(scope="module", autouse=True)

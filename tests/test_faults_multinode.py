@@ -20,7 +20,7 @@ from tinyfold_ray.train import faults
 from tinyfold_ray.train.trial import run_trial
 
 pytestmark = pytest.mark.slow
-ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=1)
+ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=2)
 
 
 @pytest.fixture(scope="module")

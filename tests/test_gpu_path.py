@@ -23,7 +23,7 @@ def test_cuda_graph_modes_are_refused_with_ddp_and_allowed_alone(mode):
     with pytest.raises(ConfigError, match="captures CUDA graphs, which this DDP training"):
         TrialSpec(num_workers=2, train=train)
     assert TrialSpec(num_workers=1, train=train).train.compile == mode
-    ddp_ok = TrainConfig(compile="max-autotune-no-cudagraphs", warmup_steps=1)
+    ddp_ok = TrainConfig(compile="max-autotune-no-cudagraphs", warmup_steps=2)
     assert TrialSpec(num_workers=8, train=ddp_ok).num_workers == 8
 
 

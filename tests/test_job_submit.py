@@ -47,7 +47,7 @@ STUDY = {
     "repeats": 1,
     "resources": {"device": "cpu", "cpus_per_worker": 1},
     "model": TINY_STUDY_MODEL,
-    "train": {"num_steps": 3, "warmup_steps": 1},
+    "train": {"num_steps": 3, "warmup_steps": 2},
     "sweep": {"num_workers": [1, 2]},
 }
 

@@ -20,7 +20,7 @@ def write_study(tmp_path: Path, name: str, sweep: dict, repeats: int = 1) -> Pat
         "repeats": repeats,
         "resources": {"device": "cpu", "cpus_per_worker": 1},
         "model": TINY_STUDY_MODEL,
-        "train": {"num_steps": 3, "warmup_steps": 1},
+        "train": {"num_steps": 3, "warmup_steps": 2},
         "sweep": sweep,
     }
     path = tmp_path / f"{name}.yaml"

@@ -175,6 +175,20 @@ def fused_adamw_supported(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def comm_library_version() -> str | None:
+    """The NCCL version torch was built with ("2.21.5"), RCCL's on a ROCm build; None on a CPU build.
+
+    A CPU-only torch has no NCCL binding at all (the call raises AttributeError there).
+    """
+    if not (torch.version.cuda or torch.version.hip):
+        return None
+    try:
+        version = torch.cuda.nccl.version()
+    except (AttributeError, RuntimeError):
+        return None
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
 def provenance() -> dict[str, str | None]:
     """Versions and host of this process, for the trial row."""
     try:
@@ -189,6 +203,7 @@ def provenance() -> dict[str, str | None]:
         "python_version": platform.python_version(),
         "cuda_version": torch.version.cuda,
         "hip_version": torch.version.hip,
+        "comm_library_version": comm_library_version(),
         "hostname": socket.gethostname(),
         "platform": f"{platform.system()} {platform.machine()} ({sys.platform})",
     }

@@ -127,6 +127,7 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "step_time_median_s": _FLOAT,  # a step's time is the slowest rank's time for that step
     "step_time_mean_s": _FLOAT,
     "step_time_p95_s": _FLOAT,
+    # Means over every rank of the first / last k measured steps, k = max(1, min(5, steps // 4)).
     "first_loss": _FLOAT,
     "final_loss": _FLOAT,
     "peak_memory_bytes": _INT,  # max over ranks; null where the device does not report it
@@ -142,7 +143,7 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "rank_skew_median_s": _FLOAT,  # per step: slowest minus fastest rank; the median over steps
     "loss_rank_spread": _FLOAT,  # (max - min) / median over ranks of each rank's mean measured loss
     # Each rank's own compute (its no-sync forward + backward) against the others; null with one worker.
-    "load_imbalance": _FLOAT,  # slowest rank's compute over the median rank's (1.0: balanced)
+    "load_imbalance": _FLOAT,  # slowest rank's compute over the median of the others' (1.0: balanced)
     "slowest_rank": _INT,  # the world rank whose compute is slowest
     "slowest_rank_host": _STR,
     # Replicas that diverged: (max - min) / median over ranks of the loss of one common batch after the

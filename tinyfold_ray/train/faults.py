@@ -25,7 +25,17 @@ from tinyfold_ray.flops import train_flops_per_sample
 
 KV_NAMESPACE = "tinyfold"
 # In the order a worker goes through them; a rank that never noted a phase is still starting up.
-PHASES = ("start-up", "build", "warm-up", "measured steps", "teardown")
+PHASES = (
+    "start-up",
+    "build",
+    "warm-up",
+    "measured steps",
+    "time breakdown",
+    "replica check",
+    "profile",
+    "all-reduce probe",
+    "teardown",
+)
 
 # The default time limit: the worker-group start timeout, a fixed allowance for building the model and
 # DDP (more with torch.compile, whose autotuning runs in the warm-up), and each step at a deliberately

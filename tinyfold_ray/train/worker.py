@@ -1,8 +1,9 @@
 """The function every Ray Train worker runs: one DDP process, timed like one-process training.
 
 Reads top to bottom: context -> device -> model, data, DDP, optimiser -> warm-up -> measured steps ->
-all-reduce probe -> gather every rank's record on rank 0. Rank 0 returns the records; they reach the
-driver as `Result.return_value`, so no per-step `ray.train.report` (a barrier) is needed.
+this rank's compute reference -> replica check -> all-reduce probe -> gather every rank's record on
+rank 0. Rank 0 returns the records; they reach the driver as `Result.return_value`, so no per-step
+`ray.train.report` (a barrier) is needed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -19,27 +21,31 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from tinyfold_ray.config import DDPConfig, TrialSpec
+from tinyfold_ray.config import DDPConfig, ModelConfig, TrialSpec
+from tinyfold_ray.data import make_batch
 from tinyfold_ray.device import (
     comm_backends,
     device_name,
     gpu_index,
     provenance,
     resolve_backend,
-    synchronize,
     torch_device,
 )
 from tinyfold_ray.errors import TrialFailedError
+from tinyfold_ray.model import distance_loss
+from tinyfold_ray.train.allreduce_probe import probe_allreduce
 from tinyfold_ray.train.breakdown import compute_reference_s, split_steps
 from tinyfold_ray.train.faults import note_phase
 from tinyfold_ray.train.loop import run_timed_loop
 from tinyfold_ray.train.profile import save_profile
 from tinyfold_ray.train.step import build_training
 
-ALLREDUCE_REPEATS = 5
 
-
-def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
+def train_worker(
+    config: dict[str, Any], *, wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+) -> list[dict[str, Any]] | None:
+    """`wrap_model`, for tests only (no study or TrialSpec key reaches it): wraps this rank's bare model
+    before DDP; tests/test_straggler.py slows one rank with it."""
     entered = time.time()
     spec: TrialSpec = config["spec"]
     ctx = ray.train.get_context()
@@ -62,13 +68,11 @@ def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
         # A CPU worker gets as many threads as CPUs it reserved, so workers never oversubscribe cores.
         train_cfg = replace(train_cfg, num_threads=max(1, int(spec.cpus_per_worker)))
 
-    training = build_training(
-        spec.model,
-        train_cfg,
-        device,
-        rank=rank,
-        wrap_model=ddp_wrapper(spec.ddp, device) if world > 1 else None,
-    )
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        model = wrap_model(model) if wrap_model is not None else model
+        return ddp_wrapper(spec.ddp, device)(model) if world > 1 else model
+
+    training = build_training(spec.model, train_cfg, device, rank=rank, wrap_model=wrap)
     built = time.time()
     phase("warm-up")
 
@@ -87,18 +91,24 @@ def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
         after_warmup=after_warmup,
     )
     measured = time.time()
-    # After the measured steps, so that neither the reference nor the profile touches them.
-    reference_s = None
+    # After the measured steps, so that none of what follows touches them.
+    reference_s = common_loss = None
     if world > 1:
         phase("time breakdown")
         reference_s = compute_reference_s(
             training.forward_backward, training.data.next_batch, training.model, device
+        )
+        phase("replica check")  # the parameters the measured steps left: the reference does not step
+        common_loss = common_batch_loss(
+            training.model, spec.model, train_cfg.batch_size, train_cfg.seed, device
         )
     breakdown = split_steps(*training.marks.durations(), reference_s)
     profile_path = None
     if config.get("profile_dir"):
         phase("profile")
         profile_path = save_profile(training.step, training.data.next_batch, config["profile_dir"], rank)
+    phase("all-reduce probe")
+    allreduce = probe_allreduce(training.num_params, device)
     phase("teardown")
 
     record = {
@@ -114,9 +124,11 @@ def train_worker(config: dict[str, Any]) -> list[dict[str, Any]] | None:
         "step_times_s": result.step_times_s,
         "losses": result.losses,
         **breakdown,
+        "compute_reference_s": reference_s,
+        "common_batch_loss": common_loss,
         "profile_path": profile_path,
         "peak_memory_bytes": result.peak_memory_bytes,
-        "allreduce_time_s": allreduce_time_s(training.num_params, device),
+        **allreduce,
         **provenance(),
         "times": {"entered": entered, "built": built, "warmup_s": result.warmup_time_s, "measured": measured},
     }
@@ -158,22 +170,15 @@ def ddp_wrapper(cfg: DDPConfig, device: torch.device):
     return wrap
 
 
-def allreduce_time_s(num_params: int, device: torch.device) -> float | None:
-    """Median time of an all-reduce of one fp32 gradient's size on this worker group (None alone)."""
-    if dist.get_world_size() == 1:
-        return None
-    return time_allreduce(num_params, device, ALLREDUCE_REPEATS)
-
-
-def time_allreduce(numel: int, device: torch.device, repeats: int) -> float:
-    """Median seconds of an fp32 all-reduce of `numel` elements, after one untimed call."""
-    buffer = torch.ones(numel, dtype=torch.float32, device=device)
-    dist.all_reduce(buffer)  # first call sets up the communicator: untimed
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        dist.all_reduce(buffer)
-        synchronize(device)  # sync point: ends the timed collective
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def common_batch_loss(
+    model: torch.nn.Module, model_cfg: ModelConfig, batch_size: int, seed: int, device: torch.device
+) -> float:
+    """The loss of one batch that every rank draws alike (from `seed` alone, not the rank), in fp32 and
+    without gradients: replicas that hold the same parameters give the same value, diverged ones do not.
+    """
+    generator = torch.Generator(device=device).manual_seed(seed)
+    msa_tokens, pair_features, target = make_batch(model_cfg, batch_size, generator, device)
+    bare = getattr(model, "module", model)  # DDP's forward would prepare a gradient all-reduce
+    with torch.no_grad():
+        loss = distance_loss(bare(msa_tokens, pair_features), target)
+    return float(loss)  # sync point: after the measured steps
