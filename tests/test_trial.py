@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -137,6 +138,14 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_
     by_step = steps.pivot(index="step", columns="world_rank", values="step_time_s")
     assert row.rank_skew_median_s == pytest.approx((by_step.max(axis=1) - by_step.min(axis=1)).median())
     assert 0 <= row.loss_rank_spread < 1
+    # Each rank's own compute reference, one value per rank, and which rank is slowest against the median.
+    references = steps.groupby("world_rank").compute_reference_s.agg(["nunique", "first"])
+    assert (references["nunique"] == 1).all() and (references["first"] > 0).all()
+    assert row.load_imbalance == pytest.approx(references["first"].max() / references["first"].median())
+    assert row.slowest_rank == references["first"].idxmax() and row.slowest_rank_host == socket.gethostname()
+    assert row.replica_divergence == 0.0  # DDP keeps the replicas' parameters identical
+    assert row.allreduce_latency_s >= 0 and row.allreduce_s_per_byte >= 0
+    assert pd.isna(row.comm_library_version) and row.node_gpus == 0  # gloo on CPU workers
     assert row.flops_per_sample == train_flops_per_sample(SMALL_MODEL)
     assert row.achieved_tflops == pytest.approx(row.flops_per_sample * row.throughput_samples_per_sec / 1e12)
     assert pd.isna(row.mfu)  # no peak is known for a CPU

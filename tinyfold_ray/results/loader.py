@@ -78,6 +78,10 @@ def load_results(path: str | os.PathLike, steps: bool = False, attempts: bool = 
         raise ConfigError(f"no readable results in {location!r}: every result file was skipped")
     table = pa.concat_tables(tables, promote_options="permissive")
     df = table.to_pandas()
+    if attempts:
+        # An attempt can sit both current and archived (a write that failed after archiving it, until
+        # the next write): the current files come first, and each attempt counts once.
+        df = df.drop_duplicates([c for c in sort_by if c not in ("num_workers", "repeat")], ignore_index=True)
     return df.sort_values(sort_by, na_position="last", kind="stable", ignore_index=True)
 
 

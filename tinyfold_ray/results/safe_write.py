@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from tinyfold_ray.errors import ConfigError, StorageError
 from tinyfold_ray.results.storage import is_uri, one_line, resolve
-from tinyfold_ray.results.writer import write_trial
+from tinyfold_ray.results.writer import check_rows, write_trial
 
 FALLBACK_ENV = "TINYFOLD_FALLBACK_DIR"
 # Three tries over about 5 s ride out a brief outage (a network filesystem's hiccup, an object store's
@@ -62,7 +62,12 @@ def store_trial(
 ) -> tuple[str | None, str | None]:
     """(path in `output`, None) once a write succeeds; after the last retry fails,
     (None, path of the trial file in the fallback location). Raises StorageError only when the
-    fallback cannot be written either."""
+    fallback cannot be written either.
+
+    Rows the writer refuses (an unknown column, a value of the wrong type) raise that error at once:
+    retrying or moving them to the fallback would not help, and blaming the storage would mislead.
+    """
+    check_rows(row, step_rows)
     error: BaseException | None = None
     for delay in (*RETRY_DELAYS_S, None):
         try:

@@ -9,6 +9,8 @@ because pyarrow skips paths that start with ``_`` or ``.``)::
     <output>/<study>/_steps/<trial_id>.parquet   one row per (trial, rank, measured step)
     <output>/<study>/_attempts/<trial_id>.attempt<k>.parquet        earlier attempts of a trial
     <output>/<study>/_steps/_attempts/<trial_id>.attempt<k>.parquet their steps
+    <output>/<study>/_steps/_pending/<trial_id>.attempt<k>.parquet  steps written before their trial
+                                                 file (the commit point; results/writer.py)
     <output>/<study>/_summary/                   summary tables and plots
 """
 

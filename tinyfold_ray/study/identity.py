@@ -88,12 +88,10 @@ def identity_here(spec: TrialSpec, use_gpu: bool) -> dict[str, Any]:
 
     from tinyfold_ray.device import device_name, provenance
     from tinyfold_ray.train.environment import recorded_env
-    from tinyfold_ray.train.trial import worker_env
+    from tinyfold_ray.train.trial import requested_device, worker_env
     from tinyfold_ray.train.worker import worker_device
 
-    # As train/trial.py's make_trainer asks for it.
-    requested = spec.device if spec.device != "auto" else ("auto" if use_gpu else "cpu")
-    backend, device = worker_device(requested, use_gpu, local_rank=0)
+    backend, device = worker_device(requested_device(spec, use_gpu), use_gpu, local_rank=0)
     versions = provenance()
     return {
         "device_name": device_name(device),

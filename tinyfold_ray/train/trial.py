@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tinyfold_ray.config import TrialSpec
-from tinyfold_ray.errors import TrialFailedError
+from tinyfold_ray.errors import StorageError, TrialFailedError
 from tinyfold_ray.flops import peak_tflops, train_flops_per_sample
 from tinyfold_ray.results.safe_write import store_trial
 from tinyfold_ray.results.schema import PROFILES_DIR, config_hash, config_values
@@ -30,7 +30,7 @@ from tinyfold_ray.results.storage import join
 from tinyfold_ray.train import faults
 from tinyfold_ray.train.environment import forwarded_env, recorded_env
 from tinyfold_ray.train.resources import alive_nodes, check_placement
-from tinyfold_ray.train.timing import step_stats
+from tinyfold_ray.train.timing import loss_ends, step_stats
 
 # Read by the Train controller (Ray passes these variables on to it); set unless the user set them.
 TRAIN_ENV = {
@@ -73,11 +73,16 @@ def run_trial(
     git_commit: str | None = None,
     reserved_cpus: float = 0.0,
     fallback_root: str | None = None,
+    train_fn: Callable[[dict], Any] | None = None,
 ) -> TrialOutcome:
     """Fit one TorchTrainer for `spec`; write its Parquet under `output` (skipped when None).
 
     `reserved_cpus`: CPUs the caller itself holds on the cluster (a Tune trial's own reservation).
     `fallback_root`: local directory for the rows if `output` cannot be written (default: ~/tinyfold-fallback).
+    `train_fn`: for tests only, replaces each worker's function (tests/test_straggler.py slows a rank).
+    A fault after training (building the row, rows the writer refuses) still ends as a failed row naming
+    the phase and cause. Raises StorageError (one line) only when neither `output` nor the fallback can
+    be written: then no row exists anywhere, and the caller reports the trial as lost.
     """
     started = datetime.now(timezone.utc)
     t0 = time.time()
@@ -88,22 +93,41 @@ def run_trial(
             profile_dir = (
                 join(output, spec.study, PROFILES_DIR, spec.trial_id) if spec.profile and output else None
             )
-            records = _fit(
-                spec, use_gpu, deadline=t0 + faults.time_limit_s(spec, use_gpu), profile_dir=profile_dir
-            )
+            deadline = t0 + faults.time_limit_s(spec, use_gpu)
+            records = _fit(spec, use_gpu, deadline, profile_dir, train_fn)
         except TrialFailedError as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
             error = failure_reason(e)
     ended = datetime.now(timezone.utc)
     wall = time.time() - t0
-    outcome = build_outcome(spec, records, error, use_gpu, started, ended, wall, git_commit)
-    if records:
-        outcome.phases_s = _phases(records, t0, time.time())
-    if output is not None:
-        outcome.path, outcome.fallback = store_trial(
-            output, spec.study, outcome.row, outcome.step_rows, fallback_root=fallback_root
-        )
+
+    def failed(phase: str, exc: Exception) -> TrialOutcome:
+        reason = f"{phase}: {failure_reason(exc)}"
+        return build_outcome(spec, None, reason, use_gpu, started, ended, wall, git_commit)
+
+    try:
+        outcome = build_outcome(spec, records, error, use_gpu, started, ended, wall, git_commit)
+        if records:
+            outcome.phases_s = _phases(records, t0, time.time())
+    except Exception as e:  # noqa: BLE001 - a fault in the row (a missing figure, a bug) is recorded too
+        outcome = failed("building the trial row", e)
+    if output is None:
+        return outcome
+    try:
+        return _store(outcome, output, fallback_root)
+    except StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - rows the writer refuses: keep a failed row in their place
+        return _store(failed("storing the trial row", e), output, fallback_root)
+
+
+def _store(outcome: TrialOutcome, output: str, fallback_root: str | None) -> TrialOutcome:
+    """`outcome` once its rows are written (results/safe_write.py), with where they went."""
+    row = outcome.row
+    outcome.path, outcome.fallback = store_trial(
+        output, row["study"], row, outcome.step_rows, fallback_root=fallback_root
+    )
     return outcome
 
 
@@ -112,10 +136,18 @@ def _run_name(spec: TrialSpec) -> str:
     return f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}"
 
 
-def _fit(spec: TrialSpec, use_gpu: bool, deadline: float, profile_dir: str | None) -> list[dict[str, Any]]:
+def _fit(
+    spec: TrialSpec,
+    use_gpu: bool,
+    deadline: float,
+    profile_dir: str | None,
+    train_fn: Callable[[dict], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Every rank's record, by rank, each with `node_gpus`: its node's GPU count as Ray knows it."""
     name = _run_name(spec)
     try:
-        result = make_trainer(spec, use_gpu, deadline=deadline, name=name, profile_dir=profile_dir).fit()
+        trainer = make_trainer(spec, use_gpu, train_fn, deadline=deadline, name=name, profile_dir=profile_dir)
+        result = trainer.fit()
     except Exception as e:
         # Ray Train's worker-group error carries each failed rank's exception; the workers' notes add
         # where each rank ran and what it was doing.
@@ -132,7 +164,10 @@ def _fit(spec: TrialSpec, use_gpu: bool, deadline: float, profile_dir: str | Non
         faults.clear_notes(name)
     records = result.return_value
     assert records, "rank 0 returned no records"
-    return sorted(records, key=lambda r: r["world_rank"])
+    gpus = {n["NodeID"]: int(n.get("Resources", {}).get("GPU", 0)) for n in _ray_nodes()}
+    return sorted(
+        ({**r, "node_gpus": gpus.get(r["node_id"], 0)} for r in records), key=lambda r: r["world_rank"]
+    )
 
 
 def _ray_nodes() -> list[dict[str, Any]]:
@@ -170,7 +205,7 @@ def make_trainer(
     for variable, value in TRAIN_ENV.items():
         os.environ.setdefault(variable, value)
 
-    requested = spec.device if spec.device != "auto" else ("auto" if use_gpu else "cpu")
+    requested = requested_device(spec, use_gpu)
     comm = spec.comm_backend or ("nccl" if use_gpu else "gloo")
     return TorchTrainer(
         train_fn or train_worker,
@@ -195,6 +230,11 @@ def make_trainer(
             callbacks=[faults.make_time_limit_callback(deadline, limit, run_name)],
         ),
     )
+
+
+def requested_device(spec: TrialSpec, use_gpu: bool) -> str:
+    """The device a trial's workers ask for: `auto` stays auto only where Ray gives them a GPU."""
+    return spec.device if spec.device != "auto" else ("auto" if use_gpu else "cpu")
 
 
 def worker_env(spec: TrialSpec) -> dict[str, str]:
@@ -250,6 +290,7 @@ def build_outcome(
         "wall_time_s": wall_time_s,
         "git_commit": git_commit,
         "env_vars": recorded_env(worker_env(spec)),
+        "run_order": spec.run_order,
     }
     if error or not records:
         return TrialOutcome(row=row, step_rows=[])
@@ -262,6 +303,8 @@ def build_outcome(
     flops = train_flops_per_sample(spec.model)
     achieved_tflops = flops * stats["throughput_samples_per_sec"] / 1e12
     peak = peak_tflops(first["device_name"], spec.train.amp)
+    # gloo collectives use no NCCL/RCCL, whatever library this torch was built with.
+    comm_library = None if first["comm_backend"] == "gloo" else first["comm_library_version"]
     row.update(
         {
             "num_nodes": len(per_node),
@@ -272,11 +315,13 @@ def build_outcome(
             "fused_optimizer": first["fused_optimizer"],
             "num_params": first["num_params"],
             **stats,
-            "first_loss": first["losses"][0],
-            "final_loss": first["losses"][-1],
+            **loss_ends([r["losses"] for r in records]),
             "peak_memory_bytes": max(memories) if memories else None,
-            "allreduce_time_s": first["allreduce_time_s"],
+            # The probe returns the same figures on every rank (each size's slowest rank).
+            **{k: first[k] for k in ("allreduce_time_s", "allreduce_latency_s", "allreduce_s_per_byte")},
             **breakdown_stats(records),
+            **rank_balance(records),
+            "replica_divergence": replica_divergence([r["common_batch_loss"] for r in records]),
             "flops_per_sample": float(flops),
             "achieved_tflops": achieved_tflops,
             # Per device: a trial's throughput is shared by its GPUs.
@@ -288,6 +333,8 @@ def build_outcome(
                 k: first[k]
                 for k in ("torch_version", "ray_version", "python_version", "cuda_version", "hip_version")
             },
+            "comm_library_version": comm_library,
+            "node_gpus": max(r["node_gpus"] for r in records) if use_gpu else 0,
         }
     )
     step_rows = [
@@ -307,6 +354,7 @@ def build_outcome(
             "compute_time_s": compute,
             "comm_exposed_s": comm,
             "optimizer_time_s": optimizer,
+            "compute_reference_s": r["compute_reference_s"],
         }
         for r in records
         for i, (t, loss, compute, comm, optimizer) in enumerate(
@@ -339,6 +387,34 @@ def breakdown_stats(records: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def rank_balance(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """load_imbalance (slowest rank's compute reference over the median of the other ranks'),
+    slowest_rank and its host. Under DDP every rank waits for the slowest inside backward, so their step
+    times agree and only each rank's own compute-only reference shows which one holds the others up.
+    The slowest is left out of the median so that with 2 ranks a rank 3x slower reads 3.0, not 1.5.
+    Null with one worker."""
+    references = [r["compute_reference_s"] for r in records]
+    if len(records) < 2 or None in references:
+        return {"load_imbalance": None, "slowest_rank": None, "slowest_rank_host": None}
+    slowest_index = int(np.argmax(references))
+    slowest = records[slowest_index]
+    others = references[:slowest_index] + references[slowest_index + 1 :]
+    return {
+        "load_imbalance": float(references[slowest_index] / np.median(others)),
+        "slowest_rank": slowest["world_rank"],
+        "slowest_rank_host": slowest["hostname"],
+    }
+
+
+def replica_divergence(common_batch_losses: list[float | None]) -> float | None:
+    """(max - min) / |median| of every rank's loss on the common batch: 0 when the replicas hold the
+    same parameters, as DDP keeps them. Null with one worker."""
+    if len(common_batch_losses) < 2 or None in common_batch_losses:
+        return None
+    losses = np.asarray(common_batch_losses, dtype=float)
+    return float(np.ptp(losses) / abs(np.median(losses)))
+
+
 def _phases(records: list[dict[str, Any]], t0: float, t_end: float) -> dict[str, float]:
     """Wall-clock split of a trial, from the slowest worker's timestamps."""
     entered = max(r["times"]["entered"] for r in records)
@@ -350,5 +426,6 @@ def _phases(records: list[dict[str, Any]], t0: float, t_end: float) -> dict[str,
         "build_s": built - entered,  # model, data, DDP, optimiser
         "warmup_s": warmup,
         "measured_s": measured - built - warmup,
-        "teardown_s": t_end - measured,  # all-reduce probe, gather, worker shutdown
+        "teardown_s": t_end
+        - measured,  # compute reference, replica check, all-reduce probe, gather, shutdown
     }
