@@ -152,7 +152,7 @@ def test_a_multi_worker_baseline_does_not_count_its_own_all_reduce_twice():
 
 def test_a_slow_rank_is_named_as_the_straggler_not_as_the_all_reduce():
     frame = _summary()
-    # 2 workers, step 1.5 s: the median rank computes 1.0 s, the slowest (rank 1 on node-b) 1.5 s, so
+    # 2 workers, step 1.5 s: the other rank computes 1.0 s, the slowest (rank 1 on node-b) 1.5 s, so
     # the fast rank waits 0.5 s inside backward: 0.55 s of "exposed all-reduce", 0.5 of it the wait.
     frame["step_time_median_s"] = [1.0, 1.5]
     frame["compute_time_median_s"] = [1.0, 1.0]

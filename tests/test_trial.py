@@ -138,10 +138,10 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_
     by_step = steps.pivot(index="step", columns="world_rank", values="step_time_s")
     assert row.rank_skew_median_s == pytest.approx((by_step.max(axis=1) - by_step.min(axis=1)).median())
     assert 0 <= row.loss_rank_spread < 1
-    # Each rank's own compute reference, one value per rank, and which rank is slowest against the median.
+    # Each rank's own compute reference, one value per rank; with two ranks, the slowest over the other.
     references = steps.groupby("world_rank").compute_reference_s.agg(["nunique", "first"])
     assert (references["nunique"] == 1).all() and (references["first"] > 0).all()
-    assert row.load_imbalance == pytest.approx(references["first"].max() / references["first"].median())
+    assert row.load_imbalance == pytest.approx(references["first"].max() / references["first"].min())
     assert row.slowest_rank == references["first"].idxmax() and row.slowest_rank_host == socket.gethostname()
     assert row.replica_divergence == 0.0  # DDP keeps the replicas' parameters identical
     assert row.allreduce_latency_s >= 0 and row.allreduce_s_per_byte >= 0

@@ -51,7 +51,7 @@ exposed all-reduce, optimiser, straggler skew (each as a share of the point's me
 slower than the baseline's (compute(N) minus the baseline's compute scaled by the per-worker batch),
 and a straggler rank. Under DDP a fast rank waits inside backward for the slowest one, so a rank that
 computes slower shows up as exposed all-reduce on every rank; with `load_imbalance` (slowest rank's
-compute over the median rank's) above 1, the part of the exposed all-reduce that this explains,
+compute over the median of the other ranks') above 1, the part of the exposed all-reduce that this explains,
 
     straggler wait = min(comm_exposed, (load_imbalance - 1) * compute),
 

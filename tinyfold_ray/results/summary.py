@@ -87,7 +87,7 @@ SANITY_SKEW_SHARE = 0.10
 """A straggler skew (slowest minus fastest rank per step) above 10 % of the step is flagged."""
 
 STRAGGLER_IMBALANCE = 1.10
-"""A point whose slowest rank computes more than 10 % slower than its median rank names that rank."""
+"""A point whose slowest rank computes more than 10 % slower than the median of the other ranks names that rank."""
 
 THROUGHPUT = "throughput_samples_per_sec"
 
