@@ -56,6 +56,21 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert dom.stdout.count("<table>") == 2 and "Figures" in dom.stdout
     assert "Sanity flags" in dom.stdout and "4 workers: loss did not fall in 2 of 2" in dom.stdout
     assert "exposed all-reduce" in dom.stdout and "breakdown.png" in dom.stdout
+    # what the results ran on, from the trials table, before the tables
+    text = " ".join(re.sub(r"<[^>]+>", " ", dom.stdout).split())
+    assert "Ran on trials 6 (6 ok) machines node0 devices NVIDIA H100 80GB HBM3" in text
+    assert "collectives nccl 2.27.3 torch 2.13.0 Ray 2.60.0" in text
+    assert "ran 2026-01-01 12:00 to 12:01 UTC git commit abc1234" in text
+    # an interval wider than its value says in words how many repeats would narrow it (test_summary.py
+    # works out the 11 from published t quantiles)
+    assert (
+        "2 workers: efficiency 90.9 % ± 119.8 % (2 repeats) is a 95 % interval wider than its value: "
+        "more repeats are needed; about 11 repeats of it and of its baseline would bring it under 10 % "
+        "of the value (now 132 %), if the spread stays as measured." in text
+    )
+    assert (
+        "Speedup over each group's baseline (its smallest worker count), one line per group; dashed:" in text
+    )
 
     shot = tmp_path / "report.png"
     subprocess.run(
@@ -70,3 +85,27 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     # Tables and text are grey; only the decoded plots put saturated colour on the page.
     saturation = pixels.max(axis=-1) - pixels.min(axis=-1)
     assert np.count_nonzero(saturation > 0.3) > 500
+
+
+def test_report_figures_take_the_page_width_with_a_caption_each(report, tmp_path):
+    browser = chromium()
+    # The report has no script; a copy with one measures the laid-out page and puts the figures'
+    # widths over the body's content width into the title that --dump-dom prints.
+    probe = tmp_path / "probe.html"
+    measure = (
+        "<script>const w = document.body.clientWidth"
+        " - parseFloat(getComputedStyle(document.body).paddingLeft)"
+        " - parseFloat(getComputedStyle(document.body).paddingRight);"
+        "document.title = [...document.querySelectorAll('figure')].map("
+        "f => (f.querySelector('img').getBoundingClientRect().width / w).toFixed(2)"
+        " + ':' + (f.querySelector('figcaption').textContent.length > 40)).join(' ');</script>"
+    )
+    probe.write_text(report.read_text().replace("</body>", measure + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,2000"]
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    title = re.search(r"<title>(.*)</title>", dom.stdout).group(1)
+    # throughput, speedup, efficiency, breakdown: each as wide as the page (less its 1px border)
+    assert title.split() == ["1.00:true"] * 4, title

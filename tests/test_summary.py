@@ -30,7 +30,7 @@ from tinyfold_ray.results.schema import (
     config_values,
 )
 from tinyfold_ray.results.summary import fmt_setting, t_quantile_975
-from tinyfold_ray.results.tables import format_markdown, format_table
+from tinyfold_ray.results.tables import format_markdown, format_table, repeats_needed
 from tinyfold_ray.summary import main
 
 _ids = itertools.count()
@@ -416,6 +416,47 @@ def test_format_table_and_markdown():
     assert md.startswith("# Scaling summary") and "| 2 | 2 | 21.00 ± 1.41 |" in md
 
 
+def test_gpus_column_is_left_out_for_cpu_only_results():
+    cpu = dict(backend="cpu", comm_backend="gloo", device_name="cpu", num_gpus=0, node_gpus=0)
+    s = summarize(frame(repeats([10, 12], num_workers=1, **cpu) + repeats([20, 22], num_workers=2, **cpu)))
+    header = format_table(s).splitlines()[1]
+    assert header.split()[:2] == ["workers", "throughput"]
+    assert format_markdown(s).count("| workers | throughput (samples/s) | n |") == 1
+    # one GPU point among CPU ones brings the column back, for every row
+    s.loc[1, "num_gpus"] = 2
+    assert format_table(s).splitlines()[1].split()[:2] == ["workers", "GPUs"]
+
+
+def test_interval_wider_than_its_value_says_how_many_repeats_would_narrow_it():
+    s = summarize(frame(repeats([10, 12], num_workers=1) + repeats([19, 21], num_workers=2)))
+    # 2 workers: efficiency 20/11/2 = 90.9 % ± 119.8 % over 2 repeats (t 12.706 / sqrt 2 = 8.985).
+    # Published t quantiles: 10 repeats, 2.262 / sqrt 10 = 0.7153: 119.8 * 0.7153 / 8.985 = 9.54 % > 9.09 %;
+    # 11 repeats, 2.228 / sqrt 11 = 0.6718: 8.96 % < 9.09 %. So 11.
+    text = format_table(s)
+    assert "2 workers: efficiency 90.9 % ± 119.8 % (2 repeats) is a 95 % interval wider than its" in text
+    assert "about 11 repeats of it and of its baseline would bring it under 10 %" in " ".join(text.split())
+    # 1 worker: throughput 11 ± 12.71 (t 12.706 x std 1.414 / sqrt 2); 9 repeats: 2.306 / 3 x 1.414 =
+    # 1.087 < 1.1, 8 repeats: 2.365 / sqrt 8 x 1.414 = 1.182. So 9.
+    assert "1 worker: throughput 11.00 ± 12.71 samples/s (2 repeats)" in text
+    assert "about 9 repeats would bring it under 10 %" in " ".join(text.split())
+    assert all(len(line) <= 100 for line in text.splitlines()[4:])  # the sentences wrap for a terminal
+    md = format_markdown(s)
+    assert "\n\n2 workers: efficiency 90.9 % ± 119.8 % (2 repeats) is a 95 % interval" in md
+    # Beyond the cap the sentence says so instead of a number.
+    s.loc[1, "efficiency_ci95"] = 20 * s.loc[1, "efficiency"]
+    assert "more than 1,000 repeats of it and of its baseline" in " ".join(format_table(s).split())
+
+
+def test_repeats_needed_scales_the_half_width_with_t_over_sqrt_n():
+    assert repeats_needed(1.198, 0.909, 2) == 11  # the case above
+    assert repeats_needed(0.05, 1.0, 3) == 3  # already under 10 %: nothing more to run
+    assert repeats_needed(20.0, 1.0, 2) is None  # more than REPEATS_CAP
+    # within the cap, the answer is the first repeat count that reaches the goal
+    n = repeats_needed(1.0, 1.0, 4)
+    width = lambda m: 1.0 * (t_quantile_975(m - 1) / math.sqrt(m)) / (t_quantile_975(3) / 2)
+    assert width(n) < 0.1 <= width(n - 1)
+
+
 def test_summarize_rejects_a_frame_that_is_not_a_trials_table():
     with pytest.raises(ConfigError, match="throughput_samples_per_sec"):
         summarize(pd.DataFrame({"num_workers": [1]}))
@@ -514,6 +555,36 @@ def test_compare_without_matches_names_the_differing_setting():
     with pytest.raises(ConfigError, match=r"cpus_per_worker \(A: 8; B: 16\).*--ignore"):
         compare(a, b)
     assert len(compare(a, b, ignore=["cpus_per_worker"])) == 2
+
+
+@pytest.mark.parametrize(
+    ("scaling", "label", "derived"),
+    [("weak", "batch_per_worker", "global_batch"), ("strong", "global_batch", "batch_per_worker")],
+)
+def test_compare_labels_rows_by_the_batch_that_defines_the_curve(scaling, label, derived):
+    # Two batch sizes, 1 and 2 workers: under weak scaling the global batch grows with the workers (it
+    # is no label), under strong scaling the per-worker batch shrinks (likewise).
+    def study(name, throughputs):
+        rows = []
+        for batch, (one, two) in zip((4, 8), throughputs, strict=True):
+            for workers, thr in ((1, one), (2, two)):
+                per_worker = batch if scaling == "weak" else batch // workers
+                rows += repeats(
+                    [thr, thr],
+                    num_workers=workers,
+                    study=name,
+                    scaling=scaling,
+                    batch_per_worker=per_worker,
+                    global_batch=per_worker * workers,
+                )
+        return summarize(frame(rows))
+
+    cmp = compare(study("a", [(10, 18), (20, 36)]), study("b", [(12, 22), (24, 40)]))
+    lines = format_compare(cmp).splitlines()
+    assert lines[1].split()[:2] == ["config", "workers"]
+    configs = [line.split()[0] for line in lines[3:]]
+    assert configs == [f"{label}=4", f"{label}=4", f"{label}=8", f"{label}=8"]
+    assert derived not in format_compare(cmp)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -100,14 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _summarize(path: str, args: argparse.Namespace) -> pd.DataFrame:
-    return summarize(
-        load_results(path), cv_threshold=args.cv_threshold, fallback_baseline=args.fallback_baseline
-    )
+def _summarize(trials: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
+    return summarize(trials, cv_threshold=args.cv_threshold, fallback_baseline=args.fallback_baseline)
 
 
 def _summary(args: argparse.Namespace) -> None:
-    summary = add_predictions(_summarize(args.results, args), tuple(args.predict))
+    trials = load_results(args.results)
+    summary = add_predictions(_summarize(trials, args), tuple(args.predict))
     print(format_table(summary))
     out = args.out or join(args.results, SUMMARY_DIR)
     files = {
@@ -122,13 +121,14 @@ def _summary(args: argparse.Namespace) -> None:
     if args.html:
         from tinyfold_ray.results.report import render_html
 
-        files["report.html"] = render_html(summary).encode()
+        files["report.html"] = render_html(summary, trials).encode()  # trials: what they ran on
     _write_files(out, files)
 
 
 def _compare(args: argparse.Namespace) -> None:
     a_path, b_path = args.compare
-    cmp = compare(_summarize(a_path, args), _summarize(b_path, args), ignore=args.ignore)
+    a, b = (_summarize(load_results(path), args) for path in (a_path, b_path))
+    cmp = compare(a, b, ignore=args.ignore)
     print(format_compare(cmp))
     out = args.out or join(b_path, SUMMARY_DIR)
     _write_files(

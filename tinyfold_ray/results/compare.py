@@ -13,7 +13,7 @@ import pandas as pd
 
 from tinyfold_ray.errors import ConfigError
 from tinyfold_ray.results.schema import SETTING_COLUMNS
-from tinyfold_ray.results.summary import THROUGHPUT
+from tinyfold_ray.results.summary import THROUGHPUT, per_point_batch
 from tinyfold_ray.results.tables import (
     fmt_int,
     fmt_number,
@@ -89,13 +89,19 @@ def _no_match_message(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) 
 
 
 def _compare_table(cmp: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    settings = [c for c in cmp.columns if c in SETTING_COLUMNS]
-    varying = [c for c in settings if cmp[c].dropna().astype(str).nunique() > 1]
+    settings = cmp[[c for c in cmp.columns if c in SETTING_COLUMNS]].astype(object)
+    # The batch that follows from the worker count (the global batch of a weak-scaling row, the
+    # per-worker batch of a strong one) changes down every curve: it is no label, the other batch is.
+    for col, per_point in per_point_batch(settings).items():
+        settings.loc[per_point, col] = None
+    varying = [c for c in settings.columns if settings[c].dropna().astype(str).nunique() > 1]
     headers = ["config"] if varying else []
     headers += ["workers", "nodes", "A samples/s", "B samples/s", "B/A", "A eff", "B eff", "B/A eff", "note"]
     rows = []
-    for _, r in cmp.iterrows():
-        row = [", ".join(f"{c}={fmt_setting(r[c])}" for c in varying if r[c] is not None)] if varying else []
+    for i, r in cmp.iterrows():
+        config = settings.loc[i]
+        label = ", ".join(f"{c}={fmt_setting(config[c])}" for c in varying if config[c] is not None)
+        row = [label] if varying else []
         notes = [f"{side}: {r[f'note_{side.lower()}']}" for side in "AB" if r[f"note_{side.lower()}"]]
         row += [
             fmt_int(r["num_workers"]),

@@ -16,9 +16,25 @@ import pandas as pd
 from tinyfold_ray.errors import TinyFoldError
 from tinyfold_ray.results.summary import BREAKDOWN, THROUGHPUT
 
-__all__ = ["render_plots", "require_matplotlib", "write_plots"]
+__all__ = ["CAPTIONS", "render_plots", "require_matplotlib", "write_plots"]
 
 INSTALL_HINT = "pip install matplotlib (or pip install 'tinyfold-ray[plot]')"
+
+CAPTIONS = {
+    "throughput.png": "Throughput in samples/s against the worker count, one line per group: the mean over "
+    "repeats, bars ± one standard deviation; red rings mark noisy points (one repeat, or a spread above "
+    "the cv threshold).",
+    "speedup.png": "Speedup over each group's baseline (its smallest worker count), one line per group; "
+    "dashed: ideal (N / N_baseline).",
+    "efficiency.png": "Scaling efficiency (speedup / (N / N_baseline)) against the worker count, one line "
+    "per group; dashed: ideal, 100 %.",
+    "efficiency_nodes.png": "Inter-node efficiency against the node count at equal workers per node, one "
+    "line per group and workers per node; dashed: ideal, 100 %.",
+    "breakdown.png": "Where a step's time goes, per group and worker count: compute, exposed all-reduce, "
+    "optimizer and the rest of the median step (grey), in ms; medians over repeats, so the parts need "
+    "not add up exactly to the step.",
+}
+"""What each figure of `render_plots` shows, in a sentence (the HTML report's captions)."""
 
 
 def require_matplotlib() -> None:
@@ -29,10 +45,10 @@ def require_matplotlib() -> None:
         raise TinyFoldError(f"plotting needs matplotlib, which is not installed: {INSTALL_HINT}") from exc
 
 
-def render_plots(summary: pd.DataFrame) -> dict[str, bytes]:
+def render_plots(summary: pd.DataFrame, dpi: int = 120) -> dict[str, bytes]:
     """File name -> PNG bytes: throughput.png, speedup.png, efficiency.png, efficiency_nodes.png when
     the summary has inter-node efficiencies, and breakdown.png (stacked time per step) when it has the
-    time breakdown columns. One line per group."""
+    time breakdown columns. One line per group; ``dpi`` sets the pixels (6.4 in wide figures)."""
     require_matplotlib()
     figures = {
         "throughput.png": _throughput(summary),
@@ -43,7 +59,8 @@ def render_plots(summary: pd.DataFrame) -> dict[str, bytes]:
         figures["efficiency_nodes.png"] = _efficiency_nodes(summary)
     if _has_breakdown(summary):
         figures["breakdown.png"] = _breakdown(summary)
-    return {name: _png(fig) for name, fig in figures.items()}
+    assert figures.keys() <= CAPTIONS.keys(), "every figure needs its caption"
+    return {name: _png(fig, dpi) for name, fig in figures.items()}
 
 
 def write_plots(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
@@ -57,9 +74,9 @@ def write_plots(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]
     return paths
 
 
-def _png(fig: Any) -> bytes:
+def _png(fig: Any, dpi: int) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
 
 

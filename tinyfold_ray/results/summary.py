@@ -224,12 +224,12 @@ def _group_keys(work: pd.DataFrame, key_cols: list[str]) -> pd.DataFrame:
     """The group key of every trial: the columns with NA as None, the scaling-dependent batch masked."""
     keys = work[key_cols].astype(object)
     keys = keys.where(work[key_cols].notna(), None)
-    for col, per_point in _per_point(keys).items():
+    for col, per_point in per_point_batch(keys).items():
         keys.loc[per_point, col] = None
     return keys
 
 
-def _per_point(frame: pd.DataFrame) -> dict[str, pd.Series]:
+def per_point_batch(frame: pd.DataFrame) -> dict[str, pd.Series]:
     """The batch column that is a property of the point, not of the group (True where so): the per-worker
     batch under strong scaling (it shrinks as workers grow), the global batch under weak scaling."""
     if "scaling" not in frame.columns:
@@ -468,7 +468,7 @@ def _group_labels(groups: pd.DataFrame, cols: list[str]) -> pd.Series:
     """A short label per group (one row of keys each): the values of ``cols`` that tell its study's
     groups apart, after ``study=...`` when there are several studies; else the study's name."""
     shown = groups[cols].astype(object).map(_show)
-    for col, per_point in _per_point(groups).items():
+    for col, per_point in per_point_batch(groups).items():
         shown.loc[per_point, col] = None  # not a group key there: neither compared nor named
     differs = shown.groupby(groups["study"], dropna=False).transform("nunique").gt(1)
     several = groups["study"].nunique(dropna=False) > 1

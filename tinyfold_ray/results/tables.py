@@ -2,18 +2,26 @@
 
 Statistics live in results/summary.py; this module only formats columns that are there, so a column
 the summary does not have (an older summary, no breakdown recorded) just leaves its table column out.
+The one figure computed here is presentational: how many repeats would narrow an interval that is
+wider than its value (`repeats_needed`), said in words under the table.
 """
 
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from tinyfold_ray.results.summary import BREAKDOWN, THROUGHPUT, fmt_setting
+from tinyfold_ray.results.summary import BREAKDOWN, THROUGHPUT, fmt_setting, t_quantile_975
 
 __all__ = [
+    "REPEATS_CAP",
+    "REPEATS_TARGET",
+    "Table",
     "breakdown_tables",
     "fmt_int",
     "fmt_number",
@@ -25,7 +33,24 @@ __all__ = [
     "group_tables",
     "render_markdown",
     "render_text",
+    "repeats_needed",
+    "wide_interval_notes",
 ]
+
+REPEATS_TARGET = 0.10
+"""A wide interval's note says how many repeats would bring its half-width under this share of the value."""
+REPEATS_CAP = 1000
+"""Beyond this many repeats the note says "more than" instead of a number."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Table:
+    """One titled table: header cells, rows of cells, and sentences to print under it."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    notes: tuple[str, ...] = ()
 
 
 def fmt_number(x: Any, like: Any = None) -> str:
@@ -62,13 +87,15 @@ def _with_ci(value: str, half: Any, fmt: Any) -> str:
     return value if half is None or pd.isna(half) else f"{value} ± {fmt(half).rstrip('x')}"
 
 
-def group_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Per group: a title, the headers and the cells of the familiar speedup/efficiency table.
+def group_tables(summary: pd.DataFrame) -> list[Table]:
+    """Per group: the familiar speedup/efficiency table, titled, with `wide_interval_notes` under it.
 
     Speedup and efficiency carry their 95 % half-widths (``1.85x ± 0.10``) where there are any; the
-    predicted efficiencies, the dominant loss and the sanity flags are columns when the summary has them.
+    predicted efficiencies, the dominant loss and the sanity flags are columns when the summary has them;
+    the GPUs column only when some point used a GPU (all zeros on CPU say nothing).
     """
     groups = summary.groupby("group", sort=False) if "group" in summary.columns else [("all", summary)]
+    gpus = "num_gpus" in summary.columns and bool((summary["num_gpus"].fillna(0) > 0).any())
     multi_node = "num_nodes" in summary.columns and bool((summary["num_nodes"].fillna(1) > 1).any())
     node_eff = _has(summary, "efficiency_inter_node")
     predicted = _has(summary, "efficiency_predicted")
@@ -77,7 +104,8 @@ def group_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[list[
     sanity = "sanity" in summary.columns and bool(summary["sanity"].fillna("").ne("").any())
     tables = []
     for label, g in groups:
-        headers = ["workers", "GPUs"]
+        headers = ["workers"]
+        headers += ["GPUs"] if gpus else []
         headers += ["nodes", "per node"] if multi_node else []
         headers += ["throughput (samples/s)", "n", "speedup", "efficiency"]
         headers += ["intra-node eff", "inter-node eff"] if node_eff else []
@@ -92,7 +120,8 @@ def group_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[list[
             thr = fmt_number(mean)
             if not pd.isna(mean) and not pd.isna(std):
                 thr += f" ± {fmt_number(std, like=mean)}"
-            row = [fmt_int(r.get("num_workers")), fmt_int(r.get("num_gpus"))]
+            row = [fmt_int(r.get("num_workers"))]
+            row += [fmt_int(r.get("num_gpus"))] if gpus else []
             row += [fmt_int(r.get("num_nodes")), fmt_int(r.get("workers_per_node"))] if multi_node else []
             row += [
                 thr,
@@ -111,15 +140,88 @@ def group_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[list[
             row += [_text(r.get("sanity"))] if sanity else []
             row.append(_text(r.get("note")))
             cells.append(row)
-        tables.append((_group_title(str(label), g), headers, cells))
+        title = _group_title(str(label), g)
+        tables.append(Table(title=title, headers=headers, rows=cells, notes=tuple(wide_interval_notes(g))))
     return tables
+
+
+def repeats_needed(half: float, value: float, n: int) -> int | None:
+    """The fewest repeats whose 95 % half-width would be under `REPEATS_TARGET` of ``value``, for an
+    interval of half-width ``half`` measured over ``n`` repeats (None: more than `REPEATS_CAP`).
+
+    The half-width is t_0.975(n - 1) * s / sqrt(n); holding the spread s as measured, it scales with
+    t_0.975(n' - 1) / sqrt(n'). For a ratio's delta-method interval (speedup, efficiency) the same
+    scaling is an approximation: both of its points repeated n' times, their spreads as measured.
+    """
+    assert n >= 2 and half >= 0, (n, half)
+
+    def width(m: int) -> float:
+        return half * (t_quantile_975(m - 1) / math.sqrt(m)) / (t_quantile_975(n - 1) / math.sqrt(n))
+
+    goal = REPEATS_TARGET * abs(value)
+    if width(REPEATS_CAP) >= goal:
+        return None
+    lo, hi = n, REPEATS_CAP  # width(lo) may meet the goal only if it already does; the search finds hi
+    if width(lo) < goal:
+        return lo
+    while hi - lo > 1:  # width falls as m grows: bisect for the first m that meets the goal
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if width(mid) < goal else (mid, hi)
+    return hi
+
+
+def wide_interval_notes(g: pd.DataFrame) -> list[str]:
+    """One sentence per point of a group whose 95 % interval is wider than its value: which one, and
+    how many repeats would bring it under `REPEATS_TARGET` of the value (`repeats_needed`).
+
+    Efficiency stands for speedup too (the same relative width); a point whose ratio interval is not
+    wide may still have a wide throughput interval (a noisy baseline, say)."""
+    notes = []
+    for r in g.to_dict("records"):
+        workers = f"{fmt_int(r.get('num_workers'))} worker{'' if r.get('num_workers') == 1 else 's'}"
+        eff, eff_half = r.get("efficiency"), r.get("efficiency_ci95")
+        mean, mean_half = r.get(f"{THROUGHPUT}_mean"), r.get(f"{THROUGHPUT}_ci95")
+        if not (_wide(eff_half, eff) or _wide(mean_half, mean)):
+            continue
+        n = int(r["n"])
+        if _wide(eff_half, eff):
+            base_n = _baseline_n(g, r)
+            over = f"{n} repeats" + (f", {base_n} at the baseline" if base_n != n else "")
+            shown = f"efficiency {fmt_percent(eff)} ± {fmt_percent(eff_half)} ({over})"
+            # the interval's degrees of freedom come from the point with fewer repeats of the two
+            needed = repeats_needed(eff_half, eff, min(n, base_n))
+            share, of = eff_half / abs(eff), " of it and of its baseline"
+        else:
+            shown = f"throughput {fmt_number(mean)} ± {fmt_number(mean_half, like=mean)} samples/s"
+            shown += f" ({n} repeats)"
+            needed, share, of = repeats_needed(mean_half, mean, n), mean_half / abs(mean), ""
+        count = f"more than {REPEATS_CAP:,}" if needed is None else f"about {needed}"
+        notes.append(
+            f"{workers}: {shown} is a 95 % interval wider than its value: more repeats are needed; "
+            f"{count} repeats{of} would bring it under {REPEATS_TARGET * 100:.0f} % "
+            f"of the value (now {share * 100:.0f} %), if the spread stays as measured."
+        )
+    return notes
+
+
+def _wide(half: Any, value: Any) -> bool:
+    return not (half is None or value is None or pd.isna(half) or pd.isna(value)) and half > abs(value)
+
+
+def _baseline_n(g: pd.DataFrame, r: dict[str, Any]) -> int:
+    """The repeats of the point a ratio was taken against (the group's fewest nodes at baseline_workers),
+    which set the interval's degrees of freedom together with the point's own."""
+    base = g[g["num_workers"] == r["baseline_workers"]]
+    if "num_nodes" in base.columns:
+        base = base.sort_values("num_nodes", na_position="last")
+    return int(base["n"].iloc[0]) if len(base) else int(r["n"])
 
 
 _PART_NAMES = {"compute": "compute", "comm_exposed": "exposed comm", "optimizer": "optimizer"}
 _PART_NAMES["rank_skew"] = "rank skew"
 
 
-def breakdown_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
+def breakdown_tables(summary: pd.DataFrame) -> list[Table]:
     """Per group with a recorded breakdown: where a step's time goes at each worker count (median step
     in ms, each part's share of it) and the achieved TFLOP/s and MFU. Empty when nothing was recorded."""
     if not any(_has(summary, f"{part}_share") for part in BREAKDOWN):
@@ -142,7 +244,7 @@ def breakdown_tables(summary: pd.DataFrame) -> list[tuple[str, list[str], list[l
             row += [fmt_percent(r.get("mfu"))] if mfu else []
             row.append(_text(r.get("dominant_loss")))
             cells.append(row)
-        tables.append((f"{label}: time per step", headers, cells))
+        tables.append(Table(title=f"{label}: time per step", headers=headers, rows=cells))
     return tables
 
 
@@ -179,14 +281,24 @@ def render_markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> st
 
 
 def format_table(summary: pd.DataFrame) -> str:
-    """The short per-group speedup/efficiency table of a `summarize` result, as plain text."""
-    blocks = [f"{title}\n{render_text(h, rows)}" for title, h, rows in group_tables(summary)]
+    """The short per-group speedup/efficiency table of a `summarize` result, as plain text (each wide
+    interval's sentence on a line under its table)."""
+    blocks = [
+        "\n".join([t.title, render_text(t.headers, t.rows), *(_wrap(note) for note in t.notes)])
+        for t in group_tables(summary)
+    ]
     return "\n\n".join(blocks)
+
+
+def _wrap(sentence: str) -> str:
+    # A terminal's width, not the table's: the sentences are long, the table may be wider still.
+    return textwrap.fill(sentence, width=100, subsequent_indent="  ")
 
 
 def format_markdown(summary: pd.DataFrame, title: str = "Scaling summary") -> str:
     """The per-group tables of a `summarize` result as a Markdown document, then the time breakdowns."""
     blocks = [f"# {title}"]
-    tables = group_tables(summary) + breakdown_tables(summary)
-    blocks += [f"## {t}\n\n{render_markdown(h, rows)}" for t, h, rows in tables]
+    for t in group_tables(summary) + breakdown_tables(summary):
+        notes = "".join(f"\n\n{note}" for note in t.notes)
+        blocks.append(f"## {t.title}\n\n{render_markdown(t.headers, t.rows)}{notes}")
     return "\n\n".join(blocks) + "\n"
