@@ -298,7 +298,14 @@ BENCHES = {"step": bench_step, "trial": bench_trial, "scaling": bench_scaling}
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m tinyfold_ray.bench", description=__doc__)
-    p.add_argument("which", nargs="?", choices=["all", *BENCHES], default="all")
+    # `gpu` is dispatched before parsing (its flags are its own: `gpu --help`); listed so --help shows it.
+    p.add_argument(
+        "which",
+        nargs="?",
+        choices=["all", *BENCHES, "gpu"],
+        default="all",
+        help="which figures (default all: step, trial, scaling); gpu: the one-GPU check, see `gpu --help`",
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-steps", type=int, default=10)
     p.add_argument("--warmup-steps", type=int, default=2)

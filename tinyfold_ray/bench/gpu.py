@@ -6,9 +6,10 @@ process; a one-GPU study (batch x AMP, 2 repeats) summarised; the pytest `gpu` t
 subprocess with a time limit taken from one budget, so a slow compile or a hang costs its own row only
 and the table always prints; a row that did not fit says so.
 
-On a node without network access and without Ray: build `.whl/` here with
-`bash ../shared/device/make-wheelhouse.sh` (see its header); this script installs it into a private
-folder and puts that and the project on PYTHONPATH for every process it starts.
+On a node without network access and without Ray: build `wheelhouse/` where there is network with
+`python -m tinyfold_ray.offline --python X.Y --platform manylinux_2_<glibc>_<arch>` (tinyfold_ray/offline.py)
+and copy it into the project root on the node; this script installs it into a private folder and puts
+that and the project on PYTHONPATH for every process it starts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import yaml
 
 from tinyfold_ray.bench.machine import describe_machine
 from tinyfold_ray.cli import ArgumentParser, run_main
+from tinyfold_ray.offline import DEFAULT_DEST
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = Path(tempfile.gettempdir()) / "tinyfold-ray-site"
@@ -62,23 +64,26 @@ class Budget:
         return max(0.0, min(cap, self.left() - keep))
 
 
-def ensure_ray() -> str:
+def ensure_ray(wheelhouse: Path = ROOT / DEFAULT_DEST) -> str:
     """Make Ray importable here and in every child process; say where it came from."""
     paths = [str(ROOT)]
     note = "installed"
     try:
         import ray  # noqa: F401
     except ImportError:
-        wheels = sorted((ROOT / ".whl").glob("*.whl"))
+        wheels = sorted(wheelhouse.glob("*.whl"))
         if not wheels:
-            return "missing (no .whl/: run bash ../shared/device/make-wheelhouse.sh where there is network)"
+            return (
+                f"missing (no wheels in {wheelhouse}: build them where there is network with "
+                "`python -m tinyfold_ray.offline --python X.Y --platform manylinux_2_<glibc>_<arch>`)"
+            )
         if not (SITE / "ray").is_dir():
             command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
             command += ["--no-compile", "--target", str(SITE), *map(str, wheels)]
             subprocess.run(command, check=True)
         sys.path.insert(0, str(SITE))
         paths.append(str(SITE))
-        note = f"from .whl/ into {SITE}"
+        note = f"from {wheelhouse} into {SITE}"
     os.environ["PYTHONPATH"] = os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return note
 

@@ -41,7 +41,8 @@ def build_parser() -> ArgumentParser:
     t.add_argument("--warmup-steps", type=int, default=d_train.warmup_steps, help="untimed steps first")
     t.add_argument("--learning-rate", type=float, default=d_train.learning_rate)
     t.add_argument("--seed", type=int, default=d_train.seed)
-    t.add_argument("--amp", default=None, help=f"mixed precision: {', '.join(AMP_MODES)} (default none)")
+    # default None, not "none": --use-amp must tell "not given" from an explicit --amp.
+    t.add_argument("--amp", choices=AMP_MODES, default=None, help="mixed precision (default none)")
     t.add_argument("--use-amp", action="store_true", help="TinyOpenFold's spelling of --amp fp16")
     t.add_argument("--compile", choices=COMPILE_MODES, default=d_train.compile, help="torch.compile mode")
     t.add_argument("--fused-optimizer", choices=("auto", "on", "off"), default="auto", help="fused AdamW")
