@@ -106,7 +106,7 @@ def test_cli_writes_json_with_the_documented_keys(tmp_path):
     [
         (["--batch-size", "-4"], "batch_size=-4"),
         (["--seq-len", "1"], "seq_len=1"),
-        (["--amp", "fp8"], "amp='fp8'"),
+        (["--amp", "fp8"], "invalid choice: 'fp8'"),
         (["--use-amp", "--amp", "bf16"], "--use-amp means --amp fp16"),
         (["--device", "tpu"], "invalid choice"),
         (["--msa-dim", "30"], "c_m=30"),

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
+import math
 import os
 import sys
 
 from tinyfold_ray.cli import ArgumentParser
 from tinyfold_ray.results.storage import absolute_location, is_uri
 from tinyfold_ray.study.expand import expand
+from tinyfold_ray.study.progress import HEARTBEAT_S
 from tinyfold_ray.study.spec import load_study
 
 EXIT_TRIAL_FAILED = 1
@@ -32,7 +35,24 @@ def build_parser() -> ArgumentParser:
         help="run finished trials again (earlier attempts are kept under _attempts/)",
     )
     p.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own logs")
+    p.add_argument(
+        "--progress-every",
+        type=_seconds,
+        default=HEARTBEAT_S,
+        metavar="SECONDS",
+        help=f"print each running trial's phase and step this often (default: {HEARTBEAT_S:g}; 0: never)",
+    )
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,22 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     output = absolute_location(given)
 
     if args.dry_run:
-        trials = expand(spec)
-        print(
-            f"study {spec.name}: {len(trials)} trials ({spec.scaling} scaling, {spec.repeats} repeat(s)), "
-            f"in the order they run (order_seed {spec.order_seed})"
-        )
-        width = max(32, *(len(t.trial_id) for t in trials))
-        print(f"{'order':>5} {'trial':<{width}} {'workers':>7} {'batch/worker':>12} {'global':>6}  amp")
-        for t in trials:
-            print(
-                f"{t.run_order:>5} {t.trial_id:<{width}} {t.num_workers:>7} {t.train.batch_size:>12} "
-                f"{t.global_batch:>6}  {t.train.amp}"
-            )
+        _print_dry_run(spec, output, rerun=args.rerun)
         return 0
 
     from tinyfold_ray.study.lock import study_lock
     from tinyfold_ray.study.runner import print_line
+
+    if not os.environ.get("RAY_ADDRESS"):
+        from tinyfold_ray.ray_session import describe_embedded, embedded_cpus
+        from tinyfold_ray.study.runner import check_embedded
+
+        # Before the lock, the resume scan and Ray's start: the embedded cluster's size is known now.
+        check_embedded(spec, expand(spec), embedded_cpus(), describe_embedded(embedded_cpus()))
 
     warning = job_working_dir_warning(given, output)
     if warning:
@@ -100,6 +116,7 @@ def _run(args, spec, output: str) -> int:
         progress=print_line,
         verbose=args.verbose,
         concurrent=concurrent,
+        heartbeat_s=args.progress_every,
     )
     _print_summary(report.location)
     codes = []
@@ -121,6 +138,31 @@ def _run(args, spec, output: str) -> int:
         if code in codes:
             return code
     return 0
+
+
+def _print_dry_run(spec, output: str, *, rerun: bool) -> None:
+    """The trial table, each trial marked `done` when a finished row of it is already in `output` (read
+    from disk: nothing starts), as a run would skip it."""
+    from tinyfold_ray.results.writer import existing_trials
+
+    trials = expand(spec)
+    rows = existing_trials(output, spec.name)
+    status = {t.trial_id: rows.get(t.trial_id, {}).get("status") for t in trials}
+    done = sum(s == "ok" for s in status.values())
+    skipped = "--rerun runs them again" if rerun else "a run skips them"
+    print(
+        f"study {spec.name}: {len(trials)} trials ({spec.scaling} scaling, {spec.repeats} repeat(s)), "
+        f"in the order they run (order_seed {spec.order_seed})"
+        + (f"; {done} already done in {output} ({skipped})" if done else "")
+    )
+    marks = {"ok": "done, runs again" if rerun else "done, skipped", "failed": "failed, runs again"}
+    width = max(32, *(len(t.trial_id) for t in trials))
+    print(f"{'order':>5} {'trial':<{width}} {'workers':>7} {'batch/worker':>12} {'global':>6}  amp   state")
+    for t in trials:
+        print(
+            f"{t.run_order:>5} {t.trial_id:<{width}} {t.num_workers:>7} {t.train.batch_size:>12} "
+            f"{t.global_batch:>6}  {t.train.amp:<5} {marks.get(status[t.trial_id], 'to run')}"
+        )
 
 
 def job_working_dir_warning(given: str, resolved: str) -> str | None:

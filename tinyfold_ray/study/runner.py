@@ -1,4 +1,5 @@
-"""Run a study's trials with Ray Tune: resumable, failure-tolerant, one progress line per trial."""
+"""Run a study's trials with Ray Tune: resumable, failure-tolerant, one line per finished trial (with the
+study's time left) and a heartbeat line of each long-running trial."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,9 +20,11 @@ from tinyfold_ray.results.storage import absolute_location, is_uri, join
 from tinyfold_ray.results.writer import existing_trials
 from tinyfold_ray.study.expand import expand
 from tinyfold_ray.study.identity import probe
+from tinyfold_ray.study.progress import HEARTBEAT_S, TimeLeft, about, heartbeat_line
 from tinyfold_ray.study.resume import check_same_identity, check_unchanged
 from tinyfold_ray.study.spec import StudySpec
 from tinyfold_ray.train.environment import forwarded_env
+from tinyfold_ray.train.heartbeat import ProgressChannel, close_board, open_board, read_progress
 
 # Logical CPUs a Tune trial holds for its own driver (Tune refuses 0); the workers reserve their own.
 TRIAL_DRIVER_CPUS = 0.01
@@ -107,14 +111,35 @@ def check_cluster(spec: StudySpec, trials: list[TrialSpec], output: str) -> int:
     return concurrent
 
 
+def check_embedded(spec: StudySpec, trials: list[TrialSpec], num_cpus: int, where: str) -> None:
+    """Refuse, before Ray starts, a trial whose workers need more CPUs than the embedded cluster of
+    `num_cpus` logical CPUs (`where` names it) will have. Its size is known in advance, so a user need
+    not wait for Ray to hear it. The rule is check_cluster's (train/resources.py) on the CPUs alone:
+    the GPUs are Ray's to detect when it starts, and check_cluster judges them then."""
+    from tinyfold_ray.train.resources import why_it_cannot_fit
+
+    node = {"CPU": num_cpus - TRIAL_DRIVER_CPUS}
+    for trial in trials:
+        reason = why_it_cannot_fit(
+            {"CPU": trial.cpus_per_worker}, trial.num_workers, trial.placement_strategy, [node]
+        )
+        if reason:
+            raise StudySpecError(
+                f"{spec.source}: trial {trial.trial_id}: {reason}; this is {where}: lower num_workers or "
+                "cpus_per_worker, or run on a cluster (RAY_ADDRESS)"
+            )
+
+
 def _run_one(
     config: dict[str, Any],
     specs: dict[str, TrialSpec],
     output: str,
     git_commit: str | None,
     concurrent: int = 1,
+    channels: dict[str, ProgressChannel] | None = None,
 ):
-    """The Tune function trainable: one trial, then one report that the progress line reads."""
+    """The Tune function trainable: one trial, then one report that the progress line reads.
+    `channels`: trial_id -> where its rank 0 notes its progress (none: no heartbeat)."""
     from ray import tune
 
     from tinyfold_ray.errors import StorageError
@@ -126,6 +151,7 @@ def _run_one(
             output,
             git_commit=git_commit,
             reserved_cpus=TRIAL_DRIVER_CPUS * concurrent,
+            progress=(channels or {}).get(config["trial_id"]),
         )
     except StorageError as e:  # neither the output nor the local fallback could take the rows
         tune.report({"status": "lost", "error": str(e), "fallback": ""})
@@ -164,9 +190,13 @@ def run_study(
     progress: Callable[[str], None] = print,
     verbose: bool = False,
     concurrent: int | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> StudyReport:
     """Run `todo` (already planned and checked) on the connected Ray cluster, `concurrent` trials at
     once (default: the study's max_concurrent_trials; check_cluster says how many fit).
+
+    `progress` gets one line per finished trial, ending with the study's time left, and every
+    `heartbeat_s` seconds (0: never) one line per running trial: its phase and step, from rank 0.
 
     A relative `output` is made absolute here, in the driver: each trial runs in a working directory
     of Tune's own, where a relative path would land in Ray's temporary files.
@@ -186,8 +216,37 @@ def run_study(
     specs = {t.trial_id: as_run(t) for t in todo}
     concurrent = concurrent or spec.max_concurrent_trials
     order = {t.trial_id: i for i, t in enumerate(todo, start=1)}
+    # One board per driver run (named uniquely, so two studies on one cluster never share one).
+    board_name = f"tinyfold-progress-{spec.name}-{uuid.uuid4().hex[:8]}"
+    board = open_board(board_name) if heartbeat_s else None
+    channels = {tid: ProgressChannel(board_name, tid, heartbeat_s) for tid in specs} if board else {}
+    time_left = TimeLeft(concurrent)
+    started: dict[str, float] = {}  # running trial -> when it started (time.monotonic())
+    beaten: dict[str, float] = {}  # running trial -> when its last heartbeat line was printed
+
+    def ended(tid: str) -> str:
+        """Note that `tid` ended; the line's ending: the study's time left, when any is."""
+        now = time.monotonic()
+        beaten.pop(tid, None)
+        time_left.finished(specs[tid], now - started.pop(tid, now))
+        done = set(report.ok) | set(report.failed)
+        waiting = [t for t in todo if t.trial_id not in done]
+        left = time_left.left_s(waiting, {r: now - t for r, t in started.items()})
+        return f"; {about(left)} left" if waiting and left is not None else ""
 
     class Progress(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            tid = trial.config["trial_id"]
+            started[tid] = beaten[tid] = time.monotonic()
+
+        def on_step_end(self, iteration, trials, **info):
+            # Tune's loop calls this every ~0.1 s; one read of the board per running trial per interval.
+            now = time.monotonic()
+            for tid in [t for t, last in beaten.items() if heartbeat_s and now - last >= heartbeat_s]:
+                beaten[tid] = now
+                note = read_progress(board, tid)
+                progress(heartbeat_line(f"[{order[tid]}/{len(todo)}]", specs[tid], note, now - started[tid]))
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             tid = trial.config["trial_id"]
             n = f"[{order[tid]}/{len(todo)}]"
@@ -201,20 +260,28 @@ def run_study(
                 progress(
                     f"{n} {tid:<28} {describe(specs[tid])}: {result['throughput_samples_per_sec']:8.2f} samples/s "
                     f"(step {result['step_time_median_s'] * 1e3:.1f} ms, {result['num_nodes']} node(s), "
-                    f"loss {result['final_loss']:.3f}, fixed cost {result['overhead_s']:.1f} s)  ok"
+                    f"loss {result['final_loss']:.3f}, fixed cost {result['overhead_s']:.1f} s)  ok{ended(tid)}"
                 )
             else:
                 report.failed.append(tid)
-                progress(f"{n} {tid:<28} {describe(specs[tid])}: FAILED: {result['error']}")
+                progress(f"{n} {tid:<28} {describe(specs[tid])}: FAILED: {result['error']}{ended(tid)}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             tid = trial.config["trial_id"]
             report.failed.append(tid)
-            progress(f"[{order[tid]}/{len(todo)}] {tid:<28} FAILED: the trial driver crashed (see Ray logs)")
+            progress(
+                f"[{order[tid]}/{len(todo)}] {tid:<28} FAILED: the trial driver crashed (see Ray logs)"
+                + ended(tid)
+            )
 
     trainable = tune.with_resources(
         tune.with_parameters(
-            _run_one, specs=specs, output=output, git_commit=git_commit, concurrent=concurrent
+            _run_one,
+            specs=specs,
+            output=output,
+            git_commit=git_commit,
+            concurrent=concurrent,
+            channels=channels,
         ),
         {"CPU": TRIAL_DRIVER_CPUS},
     )
@@ -237,6 +304,8 @@ def run_study(
         report.interrupted = True
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if board is not None:
+            close_board(board)
     if report.not_run and not report.interrupted:
         # Tune stops early on SIGINT without raising: trials that never reported did not run.
         report.interrupted = True

@@ -31,12 +31,19 @@ def run_timed_loop(
     num_steps: int,
     device: torch.device,
     after_warmup: Callable[[], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> LoopResult:
-    """Run warm-up then `num_steps` measured steps; raise TrainingError if the loss stops being finite."""
+    """Run warm-up then `num_steps` measured steps; raise TrainingError if the loss stops being finite.
+
+    `on_step(n)`: told, between steps and outside their timing, that n steps of the current phase
+    (warm-up, then measured) are done; it must return at once (train/heartbeat.py only stores n).
+    """
+    on_step = on_step or (lambda done: None)
     t0 = time.perf_counter()
     warmup_losses = torch.zeros(max(warmup_steps, 1), device=device)
     for i in range(warmup_steps):
         warmup_losses[i] = step(data.next_batch())
+        on_step(i + 1)
     synchronize(device)  # sync point: warm-up (compile, allocator, autotuning) ends here, untimed
     warmup_time_s = time.perf_counter() - t0
     _check_finite(warmup_losses[:warmup_steps], "warm-up step", 0)
@@ -52,6 +59,7 @@ def run_timed_loop(
         losses[i] = step(batch)
         synchronize(device)  # sync point: the one that ends this step's timing
         step_times.append(time.perf_counter() - start)
+        on_step(i + 1)
         if (i + 1) % FINITE_CHECK_EVERY == 0:
             _check_finite(
                 losses[i + 1 - FINITE_CHECK_EVERY : i + 1], "measured step", i + 1 - FINITE_CHECK_EVERY

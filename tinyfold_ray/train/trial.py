@@ -29,6 +29,7 @@ from tinyfold_ray.results.schema import PROFILES_DIR, config_hash, config_values
 from tinyfold_ray.results.storage import join
 from tinyfold_ray.train import faults
 from tinyfold_ray.train.environment import forwarded_env, recorded_env
+from tinyfold_ray.train.heartbeat import ProgressChannel
 from tinyfold_ray.train.resources import alive_nodes, check_placement
 from tinyfold_ray.train.timing import loss_ends, step_stats
 
@@ -74,12 +75,14 @@ def run_trial(
     reserved_cpus: float = 0.0,
     fallback_root: str | None = None,
     train_fn: Callable[[dict], Any] | None = None,
+    progress: ProgressChannel | None = None,
 ) -> TrialOutcome:
     """Fit one TorchTrainer for `spec`; write its Parquet under `output` (skipped when None).
 
     `reserved_cpus`: CPUs the caller itself holds on the cluster (a Tune trial's own reservation).
     `fallback_root`: local directory for the rows if `output` cannot be written (default: ~/tinyfold-fallback).
     `train_fn`: for tests only, replaces each worker's function (tests/test_straggler.py slows a rank).
+    `progress`: where rank 0 notes its phase and step for the study driver's heartbeat (None: nowhere).
     A fault after training (building the row, rows the writer refuses) still ends as a failed row naming
     the phase and cause. Raises StorageError (one line) only when neither `output` nor the fallback can
     be written: then no row exists anywhere, and the caller reports the trial as lost.
@@ -94,7 +97,7 @@ def run_trial(
                 join(output, spec.study, PROFILES_DIR, spec.trial_id) if spec.profile and output else None
             )
             deadline = t0 + faults.time_limit_s(spec, use_gpu)
-            records = _fit(spec, use_gpu, deadline, profile_dir, train_fn)
+            records = _fit(spec, use_gpu, deadline, profile_dir, train_fn, progress)
         except TrialFailedError as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
@@ -142,11 +145,14 @@ def _fit(
     deadline: float,
     profile_dir: str | None,
     train_fn: Callable[[dict], Any] | None = None,
+    progress: ProgressChannel | None = None,
 ) -> list[dict[str, Any]]:
     """Every rank's record, by rank, each with `node_gpus`: its node's GPU count as Ray knows it."""
     name = _run_name(spec)
     try:
-        trainer = make_trainer(spec, use_gpu, train_fn, deadline=deadline, name=name, profile_dir=profile_dir)
+        trainer = make_trainer(
+            spec, use_gpu, train_fn, deadline=deadline, name=name, profile_dir=profile_dir, progress=progress
+        )
         result = trainer.fit()
     except Exception as e:
         # Ray Train's worker-group error carries each failed rank's exception; the workers' notes add
@@ -184,12 +190,13 @@ def make_trainer(
     deadline: float | None = None,
     name: str | None = None,
     profile_dir: str | None = None,
+    progress: ProgressChannel | None = None,
 ):
     """The TorchTrainer of a trial; `train_fn` replaces the training (the benchmark times an empty one).
 
     `deadline` (epoch seconds, default: the trial's time limit from now) ends the fit: every rank still
     running then fails with a time-out, and the workers are stopped. `profile_dir`: where each rank
-    writes its torch.profiler trace (None: no profile).
+    writes its torch.profiler trace (None: no profile). `progress`: rank 0's heartbeat channel.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -214,6 +221,7 @@ def make_trainer(
             "backend": requested,
             "use_gpu": use_gpu,
             "profile_dir": profile_dir,
+            "progress": progress,
         },
         torch_config=TorchConfig(backend=comm, timeout_s=max(1, math.ceil(limit))),
         scaling_config=ScalingConfig(

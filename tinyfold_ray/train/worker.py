@@ -3,7 +3,8 @@
 Reads top to bottom: context -> device -> model, data, DDP, optimiser -> warm-up -> measured steps ->
 this rank's compute reference -> replica check -> all-reduce probe -> gather every rank's record on
 rank 0. Rank 0 returns the records; they reach the driver as `Result.return_value`, so no per-step
-`ray.train.report` (a barrier) is needed.
+`ray.train.report` (a barrier) is needed. Rank 0 also keeps a heartbeat note of its phase and step for
+the study driver's progress lines (train/heartbeat.py), which no step waits for.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tinyfold_ray.model import distance_loss
 from tinyfold_ray.train.allreduce_probe import probe_allreduce
 from tinyfold_ray.train.breakdown import compute_reference_s, split_steps
 from tinyfold_ray.train.faults import note_phase
+from tinyfold_ray.train.heartbeat import Heartbeat
 from tinyfold_ray.train.loop import run_timed_loop
 from tinyfold_ray.train.profile import save_profile
 from tinyfold_ray.train.step import build_training
@@ -45,7 +47,18 @@ def train_worker(
     config: dict[str, Any], *, wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
 ) -> list[dict[str, Any]] | None:
     """`wrap_model`, for tests only (no study or TrialSpec key reaches it): wraps this rank's bare model
-    before DDP; tests/test_straggler.py slows one rank with it."""
+    before DDP; tests/test_straggler.py slows one rank with it. `config["progress"]`: the channel of
+    rank 0's heartbeat (a ProgressChannel; absent or None: no heartbeat)."""
+    channel = config.get("progress") if ray.train.get_context().get_world_rank() == 0 else None
+    with Heartbeat(channel) as beat:
+        return _train(config, beat, wrap_model)
+
+
+def _train(
+    config: dict[str, Any],
+    beat: Heartbeat,
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None,
+) -> list[dict[str, Any]] | None:
     entered = time.time()
     spec: TrialSpec = config["spec"]
     ctx = ray.train.get_context()
@@ -56,8 +69,9 @@ def train_worker(
         "pid": os.getpid(),
     }
 
-    def phase(name: str) -> None:  # what a failure or time-out of this trial will name
+    def phase(name: str, steps: int | None = None) -> None:  # what a failure or time-out will name
         note_phase(ctx.get_experiment_name(), rank, name, **where)
+        beat.phase(name, steps)
 
     phase("build")
     backend, device = worker_device(config["backend"], config["use_gpu"], local_rank)
@@ -74,10 +88,10 @@ def train_worker(
 
     training = build_training(spec.model, train_cfg, device, rank=rank, wrap_model=wrap)
     built = time.time()
-    phase("warm-up")
+    phase("warm-up", train_cfg.warmup_steps)
 
     def after_warmup():
-        phase("measured steps")
+        phase("measured steps", train_cfg.num_steps)
         training.marks.clear()  # the breakdown covers the measured steps only
         if spec.fail_on_rank == rank:
             raise TrialFailedError(f"injected failure on rank {rank} (fail_on_rank)")
@@ -89,6 +103,7 @@ def train_worker(
         num_steps=train_cfg.num_steps,
         device=device,
         after_warmup=after_warmup,
+        on_step=beat.step,
     )
     measured = time.time()
     # After the measured steps, so that none of what follows touches them.
