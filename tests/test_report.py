@@ -52,8 +52,10 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         [browser, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120
     )
     assert dom.returncode == 0, dom.stderr[-2000:]
-    # the scaling table and the time-per-step table; the flags and notes as text on the page
-    assert dom.stdout.count("<table>") == 2 and "Figures" in dom.stdout
+    # the scaling table, the time-per-step table and where the trials' wall time went; the flags and
+    # notes as text on the page
+    assert dom.stdout.count("<table>") == 3 and "Figures" in dom.stdout
+    assert "where a trial's wall time goes" in dom.stdout
     assert "Sanity flags" in dom.stdout and "4 workers: loss did not fall in 2 of 2" in dom.stdout
     assert "exposed all-reduce" in dom.stdout and "breakdown.png" in dom.stdout
     # what the results ran on, from the trials table, before the tables

@@ -22,6 +22,7 @@ from tinyfold_ray.results import load_results, summarize
 from tinyfold_ray.results.compare import compare, format_compare
 from tinyfold_ray.results.scaling_model import add_predictions
 from tinyfold_ray.results.schema import (
+    PHASE_COLUMNS,
     STEP_SCHEMA,
     STEPS_DIR,
     SUMMARY_DIR,
@@ -91,6 +92,11 @@ def trial(**overrides):
         "end_time": datetime(2026, 1, 1, 12, 1, tzinfo=timezone.utc),
         "wall_time_s": 60.0,
         "overhead_s": 8.0,
+        # The phases of the 60 s: 8 s of fixed cost around the 52 s of measured steps.
+        **dict(zip(PHASE_COLUMNS, (5.0, 1.0, 0.5, 52.0, 0.3, 1.2))),
+        "reference_s": 0.2,
+        "probe_s": 0.1,
+        "overhead_other_s": 0.0,
         "hostnames": "node0",
         "torch_version": "2.13.0",
         "ray_version": "2.60.0",

@@ -13,7 +13,7 @@ import torch
 from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL, embedded_ray
 from tinyfold_ray.config import DDPConfig, TrainConfig, TrialSpec
 from tinyfold_ray.flops import train_flops_per_sample
-from tinyfold_ray.results.schema import STEP_COLUMNS, TRIAL_COLUMNS
+from tinyfold_ray.results.schema import PHASE_COLUMNS, STEP_COLUMNS, TRIAL_COLUMNS
 from tinyfold_ray.train.trial import run_trial
 
 
@@ -114,6 +114,10 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_
     assert row.git_commit == "abc123" and row.torch_version == torch.__version__
     assert pd.isna(row.peak_memory_bytes)  # CPU: unknown, never 0
     assert row.overhead_s > 0 and row.allreduce_time_s > 0
+    # Where the wall time went: every phase took time, and the phases add up to the wall time.
+    phases = row[[*PHASE_COLUMNS, "reference_s", "probe_s"]]
+    assert (phases > 0).all(), phases
+    assert row[list(PHASE_COLUMNS)].sum() == pytest.approx(row.wall_time_s, rel=0.05)
     assert json.loads(row.env_vars) == {"GLOO_SOCKET_IFNAME": "lo", "NCCL_DEBUG": "WARN"}
     for col in ("num_workers", "steps", "repeat"):
         assert trials[col].dtype == "int64"

@@ -1,8 +1,9 @@
 """One self-contained HTML report of a `summarize` result: what the results ran on (machines, devices,
 software, dates, git commits, from the trials table), the sanity flags, the tables (with notes, the
 dominant loss per point, and a sentence under a table for each interval wider than its value), the time
-breakdown tables, and the plots embedded as PNG data at the page's width, each with a caption saying what
-it shows. It opens in any browser from a file, with no server, no script and nothing fetched."""
+breakdown tables, where each study's trial wall time went (phase means per worker count), and the plots
+embedded as PNG data at the page's width, each with a caption saying what it shows. It opens in any
+browser from a file, with no server, no script and nothing fetched."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pandas as pd
 
 from tinyfold_ray.results.plots import CAPTIONS, render_plots
 from tinyfold_ray.results.summary import latest_attempts
-from tinyfold_ray.results.tables import Table, breakdown_tables, group_tables
+from tinyfold_ray.results.tables import Table, breakdown_tables, group_tables, phase_tables
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
@@ -150,7 +151,7 @@ def render_html(summary: pd.DataFrame, trials: pd.DataFrame, title: str = "Scali
         _ran_on_table(trials),
     ]
     parts += _flags(summary)
-    for table in group_tables(summary) + breakdown_tables(summary):
+    for table in group_tables(summary) + breakdown_tables(summary) + phase_tables(trials):
         parts += _table(table)
     figures = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'

@@ -160,6 +160,22 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "end_time": _TIME,
     "wall_time_s": _FLOAT,  # the whole trial as the driver saw it
     "overhead_s": _FLOAT,  # wall time minus the measured steps: the fixed cost per trial
+    # Where the wall time went (PHASE_COLUMNS, consecutive, so they add up to wall_time_s), each phase
+    # ending when its slowest rank ends it; null when the trial failed (no rank's timestamps came back).
+    # startup_s: the placement check, Ray Train's controller, the worker group's start and the workers'
+    # imports, until the slowest rank entered the train function.
+    "startup_s": _FLOAT,
+    "build_s": _FLOAT,  # device, model, data, DDP, optimiser
+    "warmup_s": _FLOAT,  # the untimed warm-up steps
+    "measured_s": _FLOAT,  # the measured steps' wall time on the slowest rank
+    "after_measure_s": _FLOAT,  # reference_s + the profile (profile: true) + probe_s
+    "reference_s": _FLOAT,  # each rank's compute reference and the replica check (about 0 alone)
+    "probe_s": _FLOAT,  # the all-reduce probe
+    "teardown_s": _FLOAT,  # gather the records, return, shut the workers down, until end_time
+    # overhead_s - the named parts outside measured_s = measured_s - the measured steps' sum: what the
+    # measured loop spends between step timings (next batch, loss checks), a few ms; with several ranks
+    # it can dip below 0, as the steps' sum adds each step's slowest rank (and hosts' clocks differ).
+    "overhead_other_s": _FLOAT,
     "hostnames": _STR,  # comma-separated, sorted
     "torch_version": _STR,
     "ray_version": _STR,
@@ -204,6 +220,9 @@ IDENTITY_COLUMNS = (
 )
 """What a result ran on: trials that differ in any of these are never averaged together, and a study
 does not resume onto another value without --rerun or a new output."""
+
+PHASE_COLUMNS = ("startup_s", "build_s", "warmup_s", "measured_s", "after_measure_s", "teardown_s")
+"""A trial's wall time, phase by phase, in order: they add up to wall_time_s (train/trial.py)."""
 
 TRIAL_SCHEMA = pa.schema(list(TRIAL_COLUMNS.items()))
 STEP_SCHEMA = pa.schema(list(STEP_COLUMNS.items()))

@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from tinyfold_ray.results.summary import BREAKDOWN, THROUGHPUT, fmt_setting, t_quantile_975
+from tinyfold_ray.results.schema import PHASE_COLUMNS
+from tinyfold_ray.results.summary import BREAKDOWN, THROUGHPUT, fmt_setting, latest_attempts, t_quantile_975
 
 __all__ = [
     "REPEATS_CAP",
@@ -31,6 +32,7 @@ __all__ = [
     "format_markdown",
     "format_table",
     "group_tables",
+    "phase_tables",
     "render_markdown",
     "render_text",
     "repeats_needed",
@@ -245,6 +247,36 @@ def breakdown_tables(summary: pd.DataFrame) -> list[Table]:
             row.append(_text(r.get("dominant_loss")))
             cells.append(row)
         tables.append(Table(title=f"{label}: time per step", headers=headers, rows=cells))
+    return tables
+
+
+_PHASE_NAMES = ["startup", "build", "warm-up", "measured", "after measured", "teardown"]
+
+
+def phase_tables(trials: pd.DataFrame) -> list[Table]:
+    """Per study, where a trial's wall clock goes at each worker count: the mean of each phase
+    (schema.PHASE_COLUMNS, in seconds) over the latest attempts that recorded them, and the measured
+    steps' share of those trials' wall time. Empty for results written before the phase columns."""
+    trials = latest_attempts(trials)
+    if not _has(trials, "startup_s"):
+        return []
+    timed = trials[trials["startup_s"].notna()].assign(steps_s=lambda t: t["wall_time_s"] - t["overhead_s"])
+    by = timed.groupby(["study", "num_workers"])
+    means = by[["wall_time_s", *PHASE_COLUMNS]].mean()
+    sums = by[["steps_s", "wall_time_s"]].sum()
+    means["share"] = sums["steps_s"] / sums["wall_time_s"]
+    means["n"] = by.size()
+    headers = ["workers", "trials", "wall (s)", *(f"{name} (s)" for name in _PHASE_NAMES), "measured steps"]
+    tables = []
+    for study, g in means.groupby(level="study", sort=False):
+        cells = [
+            [fmt_int(workers), fmt_int(r["n"]), *(fmt_number(r[c]) for c in ("wall_time_s", *PHASE_COLUMNS))]
+            + [fmt_percent(r["share"])]
+            for (_, workers), r in g.iterrows()
+        ]
+        tables.append(
+            Table(title=f"{study}: where a trial's wall time goes (means)", headers=headers, rows=cells)
+        )
     return tables
 
 

@@ -119,6 +119,9 @@ def _run(args, spec, output: str) -> int:
         heartbeat_s=args.progress_every,
     )
     _print_summary(report.location)
+    closing = report.measured_share_line()
+    if closing:
+        print_line(closing)
     codes = []
     if report.failed:
         print_line(f"{len(report.failed)} trial(s) failed: {', '.join(report.failed)}")

@@ -40,10 +40,24 @@ class StudyReport:
     fallbacks: list[str] = field(default_factory=list)
     """Trial files written to the local fallback location because the output could not be written."""
     interrupted: bool = False
+    trials_wall_s: float = 0.0
+    """The wall time of the trials this run ran, as their rows record it."""
+    measured_s: float = 0.0
+    """Their measured steps' time (wall_time_s - overhead_s of each row)."""
 
     @property
     def not_run(self) -> int:
         return self.planned - self.skipped - len(self.ok) - len(self.failed)
+
+    def measured_share_line(self) -> str | None:
+        """The study's closing line: how much of its trials' time the measured steps took (None when
+        no trial ran). Start-up and tear-down are the rest (the rows' phase columns split them)."""
+        if not self.trials_wall_s:
+            return None
+        return (
+            f"measured steps {self.measured_s / self.trials_wall_s:.1%} of the study's time "
+            f"({self.measured_s:.1f} s of {self.trials_wall_s:.1f} s, the wall time of the trials run)"
+        )
 
 
 def plan(
@@ -167,6 +181,7 @@ def _run_one(
             "num_nodes": row.get("num_nodes") or 0,
             "final_loss": row.get("final_loss") or math.nan,
             "overhead_s": row.get("overhead_s") or math.nan,
+            "wall_time_s": row["wall_time_s"],
         }
     )
 
@@ -249,6 +264,10 @@ def run_study(
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             tid = trial.config["trial_id"]
+            # A lost trial reports no wall time; a failed one its wall time and no measured steps.
+            report.trials_wall_s += result.get("wall_time_s", 0.0)
+            if result["status"] == "ok":
+                report.measured_s += result["wall_time_s"] - result["overhead_s"]
             n = f"[{order[tid]}/{len(todo)}]"
             if result.get("fallback"):
                 report.fallbacks.append(result["fallback"])

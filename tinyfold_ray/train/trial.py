@@ -25,7 +25,7 @@ from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.errors import StorageError, TrialFailedError
 from tinyfold_ray.flops import peak_tflops, train_flops_per_sample
 from tinyfold_ray.results.safe_write import store_trial
-from tinyfold_ray.results.schema import PROFILES_DIR, config_hash, config_values
+from tinyfold_ray.results.schema import PHASE_COLUMNS, PROFILES_DIR, config_hash, config_values
 from tinyfold_ray.results.storage import join
 from tinyfold_ray.train import faults
 from tinyfold_ray.train.environment import forwarded_env, recorded_env
@@ -49,6 +49,8 @@ TRAIN_ENV = {
 # default model took 5.91 s in a thread against 5.49 s on a main thread; with one arena 5.11 s against
 # 5.09 s. GPU runs allocate little on the host and do not notice.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "1"}
+# The phases each worker notes the beginning of (train/worker.py), in order.
+_WORKER_PHASES = ("build", "warmup", "measured", "reference", "profile", "probe", "teardown")
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)):\s*(.+)$")
 
 
@@ -60,7 +62,7 @@ class TrialOutcome:
     fallback: str | None = None
     """Where the rows went instead when the output could not be written (see results/safe_write.py)."""
     phases_s: dict[str, float] = field(default_factory=dict)
-    """Where the trial's wall time went: start-up, build, warm-up, measured, teardown."""
+    """Where the trial's wall time went (schema.PHASE_COLUMNS; empty when the trial failed)."""
 
     @property
     def ok(self) -> bool:
@@ -111,8 +113,6 @@ def run_trial(
 
     try:
         outcome = build_outcome(spec, records, error, use_gpu, started, ended, wall, git_commit)
-        if records:
-            outcome.phases_s = _phases(records, t0, time.time())
     except Exception as e:  # noqa: BLE001 - a fault in the row (a missing figure, a bug) is recorded too
         outcome = failed("building the trial row", e)
     if output is None:
@@ -336,6 +336,7 @@ def build_outcome(
             "mfu": achieved_tflops / (peak * spec.num_workers) if peak else None,
             "profile_path": first["profile_path"] and posixpath.dirname(first["profile_path"]),
             "overhead_s": wall_time_s - slowest_total,
+            **phase_times(records, started.timestamp(), wall_time_s, slowest_total),
             "hostnames": ",".join(sorted({r["hostname"] for r in records})),
             **{
                 k: first[k]
@@ -375,7 +376,8 @@ def build_outcome(
             )
         )
     ]
-    return TrialOutcome(row=row, step_rows=step_rows)
+    phases = {k: row[k] for k in PHASE_COLUMNS if row[k] is not None}
+    return TrialOutcome(row=row, step_rows=step_rows, phases_s=phases)
 
 
 def breakdown_stats(records: list[dict[str, Any]]) -> dict[str, float]:
@@ -423,17 +425,29 @@ def replica_divergence(common_batch_losses: list[float | None]) -> float | None:
     return float(np.ptp(losses) / abs(np.median(losses)))
 
 
-def _phases(records: list[dict[str, Any]], t0: float, t_end: float) -> dict[str, float]:
-    """Wall-clock split of a trial, from the slowest worker's timestamps."""
-    entered = max(r["times"]["entered"] for r in records)
-    built = max(r["times"]["built"] for r in records)
-    measured = max(r["times"]["measured"] for r in records)
-    warmup = max(r["times"]["warmup_s"] for r in records)
+def phase_times(
+    records: list[dict[str, Any]], start: float, wall_time_s: float, steps_s: float
+) -> dict[str, float | None]:
+    """Where a trial's wall time went: schema.PHASE_COLUMNS, the parts of after_measure_s, and
+    overhead_other_s (the measured phase less `steps_s`, the sum of the measured steps' times).
+
+    A phase begins when its slowest rank begins it (train/worker.py notes when each rank begins each
+    phase), so consecutive phases add up to `wall_time_s`: startup runs from `start` (the driver's epoch
+    seconds) to the last rank entering the train function, teardown from the last rank beginning its
+    teardown to `start + wall_time_s`. The workers' times come from each host's own clock: skew between
+    the driver's host and theirs moves time between startup and teardown, never out of their sum.
+    """
+    if any("times" not in r for r in records):
+        # A train function other than train_worker (run_trial's train_fn) notes no phases: null.
+        return dict.fromkeys((*PHASE_COLUMNS, "reference_s", "probe_s", "overhead_other_s"))
+    began = {phase: max(r["times"][phase] for r in records) for phase in _WORKER_PHASES}
+    edges = [start, *(began[p] for p in ("build", "warmup", "measured", "reference", "teardown"))]
+    parts = dict(zip(PHASE_COLUMNS, np.diff([*edges, start + wall_time_s]).tolist()))
     return {
-        "startup_s": entered - t0,  # Ray worker processes, process group
-        "build_s": built - entered,  # model, data, DDP, optimiser
-        "warmup_s": warmup,
-        "measured_s": measured - built - warmup,
-        "teardown_s": t_end
-        - measured,  # compute reference, replica check, all-reduce probe, gather, shutdown
+        **parts,
+        "reference_s": began["profile"] - began["reference"],
+        "probe_s": began["teardown"] - began["probe"],
+        # The loop's time between step timings (the next batch, the loss checks), small; with several
+        # ranks a little below that (even below 0), as `steps_s` adds each step's slowest rank.
+        "overhead_other_s": parts["measured_s"] - steps_s,
     }

@@ -87,10 +87,12 @@ def _train(
         return ddp_wrapper(spec.ddp, device)(model) if world > 1 else model
 
     training = build_training(spec.model, train_cfg, device, rank=rank, wrap_model=wrap)
-    built = time.time()
+    # When each phase began, in epoch seconds on this host's clock (the driver's split: train/trial.py).
+    times = {"build": entered, "warmup": time.time()}
     phase("warm-up", train_cfg.warmup_steps)
 
     def after_warmup():
+        times["measured"] = time.time()
         phase("measured steps", train_cfg.num_steps)
         training.marks.clear()  # the breakdown covers the measured steps only
         if spec.fail_on_rank == rank:
@@ -105,7 +107,7 @@ def _train(
         after_warmup=after_warmup,
         on_step=beat.step,
     )
-    measured = time.time()
+    times["reference"] = time.time()
     # After the measured steps, so that none of what follows touches them.
     reference_s = common_loss = None
     if world > 1:
@@ -117,13 +119,16 @@ def _train(
         common_loss = common_batch_loss(
             training.model, spec.model, train_cfg.batch_size, train_cfg.seed, device
         )
+    times["profile"] = time.time()
     breakdown = split_steps(*training.marks.durations(), reference_s)
     profile_path = None
     if config.get("profile_dir"):
         phase("profile")
         profile_path = save_profile(training.step, training.data.next_batch, config["profile_dir"], rank)
+    times["probe"] = time.time()
     phase("all-reduce probe")
     allreduce = probe_allreduce(training.num_params, device)
+    times["teardown"] = time.time()
     phase("teardown")
 
     record = {
@@ -145,7 +150,7 @@ def _train(
         "peak_memory_bytes": result.peak_memory_bytes,
         **allreduce,
         **provenance(),
-        "times": {"entered": entered, "built": built, "warmup_s": result.warmup_time_s, "measured": measured},
+        "times": times,
     }
     records = [None] * dist.get_world_size() if rank == 0 else None
     dist.gather_object(record, records, dst=0)
