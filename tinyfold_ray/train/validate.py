@@ -49,7 +49,7 @@ def validate_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     import ray.train
     import torch.distributed as dist
 
-    from tinyfold_ray.device import comm_backends, device_name
+    from tinyfold_ray.device import comm_backends, comm_library_version, device_name
     from tinyfold_ray.errors import TinyFoldError
     from tinyfold_ray.train.loop import run_timed_loop
     from tinyfold_ray.train.step import build_training
@@ -75,7 +75,7 @@ def validate_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
         ordinal=device.index,
         device_count=torch.cuda.device_count(),
         device_name=device_name(device),
-        nccl_version=_nccl_version() if kind == "gpu" else None,
+        nccl_version=comm_library_version() if kind == "gpu" else None,
     )
 
     probe = torch.full((1024,), float(rank + 1), device=device)
@@ -117,15 +117,6 @@ def validate_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     records = [None] * world if rank == 0 else None
     dist.gather_object(record, records, dst=0)
     return records
-
-
-def _nccl_version() -> str | None:
-    """NCCL's version, or RCCL's on ROCm (torch reports whichever it was built with)."""
-    try:
-        version = torch.cuda.nccl.version()
-    except (AttributeError, RuntimeError):
-        return None
-    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
 
 
 @dataclass
