@@ -137,7 +137,10 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_
     parts = steps[["compute_time_s", "comm_exposed_s", "optimizer_time_s"]]
     assert parts.notna().all().all() and (parts >= 0).all().all()
     assert (parts.sum(axis=1) <= steps.step_time_s * 1.001).all()
-    assert (steps.compute_time_s > 0).all() and steps.comm_exposed_s.max() > 0  # two ranks all-reduce
+    assert (steps.compute_time_s > 0).all()
+    # Compute is capped at the rank's own no-sync reference; the rest of forward+backward is exposed
+    # all-reduce (which may be 0 on a loaded machine, where the reference itself ran slowly).
+    assert (steps.compute_time_s <= steps.compute_reference_s).all()
     assert row.compute_time_median_s == pytest.approx(steps.compute_time_s.median())
     by_step = steps.pivot(index="step", columns="world_rank", values="step_time_s")
     assert row.rank_skew_median_s == pytest.approx((by_step.max(axis=1) - by_step.min(axis=1)).median())
