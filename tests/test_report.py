@@ -37,8 +37,9 @@ def test_report_is_one_self_contained_file(report):
     text = report.read_text()
     assert text.startswith("<!DOCTYPE html>")
     # Nothing to fetch: every image is inline data, and there is no script or external link.
-    # throughput, speedup, efficiency and the stacked breakdown (the trial rows carry its columns)
-    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', text)) == 4
+    # throughput, speedup, efficiency, the stacked step breakdown and the trials' wall time by phase
+    # (the trial rows carry the columns of both)
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', text)) == 5
     assert not re.search(r'(src|href)="(https?:|//|/)', text) and "<script" not in text
     # 2 workers: 20 / 11 samples/s = 1.818; delta method, both points std sqrt(2) over 2 repeats:
     # 1.818 * sqrt(2 / (2 * 20**2) + 2 / (2 * 11**2)) = 0.18864, times t(0.975, 1 dof) 12.706 = 2.397
@@ -58,6 +59,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert "where a trial's wall time goes" in dom.stdout
     assert "Sanity flags" in dom.stdout and "4 workers: loss did not fall in 2 of 2" in dom.stdout
     assert "exposed all-reduce" in dom.stdout and "breakdown.png" in dom.stdout
+    assert "phases.png" in dom.stdout and "the measured steps' share of the wall time" in dom.stdout
     # what the results ran on, from the trials table, before the tables
     text = " ".join(re.sub(r"<[^>]+>", " ", dom.stdout).split())
     assert "Ran on trials 6 (6 ok) machines node0 devices NVIDIA H100 80GB HBM3" in text
@@ -109,5 +111,5 @@ def test_report_figures_take_the_page_width_with_a_caption_each(report, tmp_path
     )
     assert dom.returncode == 0, dom.stderr[-2000:]
     title = re.search(r"<title>(.*)</title>", dom.stdout).group(1)
-    # throughput, speedup, efficiency, breakdown: each as wide as the page (less its 1px border)
-    assert title.split() == ["1.00:true"] * 4, title
+    # throughput, speedup, efficiency, breakdown, phases: each as wide as the page (less its 1px border)
+    assert title.split() == ["1.00:true"] * 5, title

@@ -123,3 +123,25 @@ def test_the_report_splits_each_study_s_wall_time_by_phase_per_worker_count():
     assert [r[-1] for r in table.rows] == ["13.3 %", "16.7 %"]
     # Results written before the phase columns: no table, no error.
     assert phase_tables(pd.DataFrame(rows).drop(columns=list(PHASE_COLUMNS))) == []
+
+
+def test_the_phase_figure_stacks_each_phase_mean_and_is_left_out_without_phases():
+    pytest.importorskip("matplotlib")
+    from tests.test_summary import frame, repeats
+    from tinyfold_ray.results.plots import render_plots
+    from tinyfold_ray.results.summary import summarize
+    from tinyfold_ray.results.tables import phase_means
+
+    trials = frame(repeats([10, 12], num_workers=1) + repeats([19, 21], num_workers=2))
+    phases = [6.0, 1.0, 0.5, 1.0, 0.5, 1.0]
+    trials[list(PHASE_COLUMNS)] = phases
+    trials["wall_time_s"], trials["overhead_s"] = sum(phases), sum(phases) - 0.9
+    means = phase_means(trials)
+    assert list(means.index.get_level_values("num_workers")) == [1, 2]
+    assert means["steps_s"].tolist() == pytest.approx([0.9, 0.9])
+    assert means["share"].tolist() == pytest.approx([0.9 / 10, 0.9 / 10])
+
+    summary = summarize(trials)
+    assert "phases.png" in render_plots(summary, dpi=30, trials=trials)
+    assert "phases.png" not in render_plots(summary, dpi=30)
+    assert "phases.png" not in render_plots(summary, dpi=30, trials=trials.drop(columns=list(PHASE_COLUMNS)))

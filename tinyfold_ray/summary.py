@@ -117,7 +117,7 @@ def _summary(args: argparse.Namespace) -> None:
     if args.plot:
         from tinyfold_ray.results.plots import render_plots
 
-        files.update(render_plots(summary))
+        files.update(render_plots(summary, trials=trials))
     if args.html:
         from tinyfold_ray.results.report import render_html
 

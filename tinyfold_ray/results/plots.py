@@ -14,7 +14,9 @@ from typing import Any
 import pandas as pd
 
 from tinyfold_ray.errors import TinyFoldError
+from tinyfold_ray.results.schema import PHASE_COLUMNS
 from tinyfold_ray.results.summary import BREAKDOWN, THROUGHPUT
+from tinyfold_ray.results.tables import PHASE_NAMES, phase_means
 
 __all__ = ["CAPTIONS", "render_plots", "require_matplotlib", "write_plots"]
 
@@ -33,6 +35,9 @@ CAPTIONS = {
     "breakdown.png": "Where a step's time goes, per group and worker count: compute, exposed all-reduce, "
     "optimizer and the rest of the median step (grey), in ms; medians over repeats, so the parts need "
     "not add up exactly to the step.",
+    "phases.png": "Where a trial's wall time goes, per study and worker count: start-up, build, warm-up, "
+    "the measured steps (dark), what runs after them and teardown, in seconds (means over the trials); "
+    "the label gives the measured steps' share of the wall time.",
 }
 """What each figure of `render_plots` shows, in a sentence (the HTML report's captions)."""
 
@@ -45,10 +50,14 @@ def require_matplotlib() -> None:
         raise TinyFoldError(f"plotting needs matplotlib, which is not installed: {INSTALL_HINT}") from exc
 
 
-def render_plots(summary: pd.DataFrame, dpi: int = 120) -> dict[str, bytes]:
+def render_plots(
+    summary: pd.DataFrame, dpi: int = 120, trials: pd.DataFrame | None = None
+) -> dict[str, bytes]:
     """File name -> PNG bytes: throughput.png, speedup.png, efficiency.png, efficiency_nodes.png when
-    the summary has inter-node efficiencies, and breakdown.png (stacked time per step) when it has the
-    time breakdown columns. One line per group; ``dpi`` sets the pixels (6.4 in wide figures)."""
+    the summary has inter-node efficiencies, breakdown.png (stacked time per step) when it has the
+    time breakdown columns, and phases.png (a trial's wall time by phase) when `trials`, the trials
+    table the summary was made from, recorded phase times. One line per group; ``dpi`` sets the pixels
+    (6.4 in wide figures)."""
     require_matplotlib()
     figures = {
         "throughput.png": _throughput(summary),
@@ -59,16 +68,21 @@ def render_plots(summary: pd.DataFrame, dpi: int = 120) -> dict[str, bytes]:
         figures["efficiency_nodes.png"] = _efficiency_nodes(summary)
     if _has_breakdown(summary):
         figures["breakdown.png"] = _breakdown(summary)
+    means = phase_means(trials) if trials is not None else None
+    if means is not None and not means.empty:
+        figures["phases.png"] = _phases(means)
     assert figures.keys() <= CAPTIONS.keys(), "every figure needs its caption"
     return {name: _png(fig, dpi) for name, fig in figures.items()}
 
 
-def write_plots(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
+def write_plots(
+    summary: pd.DataFrame, out_dir: str | os.PathLike, trials: pd.DataFrame | None = None
+) -> list[Path]:
     """Write `render_plots` into a local directory; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, data in render_plots(summary).items():
+    for name, data in render_plots(summary, trials=trials).items():
         (out / name).write_bytes(data)
         paths.append(out / name)
     return paths
@@ -184,4 +198,27 @@ def _breakdown(summary: pd.DataFrame) -> Any:
     ax.bar(xs, other, bottom=bottom, label="other", color="lightgrey")
     ax.set_xticks(list(xs), labels=labels, fontsize="small")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars
+    return fig
+
+
+def _phases(means: pd.DataFrame) -> Any:
+    """Horizontal stacked bars, one per (study, worker count): the mean seconds of each phase."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 1.2 + 0.45 * len(means)))
+    ax = fig.subplots()
+    ax.set_title("Where a trial's wall time goes")
+    ax.set_xlabel("s (mean over trials)")
+    labels = [f"{study} N={int(n)}\n{r['share']:.0%} measured" for (study, n), r in means.iterrows()]
+    ys = range(len(means))
+    left = pd.Series(0.0, index=means.index)
+    for col, name in zip(PHASE_COLUMNS, PHASE_NAMES, strict=True):
+        width = means[col].fillna(0).clip(lower=0)
+        dark = {"color": "black"} if col == "measured_s" else {}
+        ax.barh(ys, width, left=left, label=f"{name} steps" if col == "measured_s" else name, **dark)
+        left += width
+    ax.set_yticks(list(ys), labels=labels, fontsize="small")
+    ax.invert_yaxis()  # the first study and worker count on top, as in the table
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig

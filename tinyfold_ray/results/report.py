@@ -157,7 +157,7 @@ def render_html(summary: pd.DataFrame, trials: pd.DataFrame, title: str = "Scali
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
         f'{base64.b64encode(png).decode()}"><figcaption>{html.escape(CAPTIONS[name])} '
         f'<span class="meta">({html.escape(name)})</span></figcaption></figure>'
-        for name, png in render_plots(summary, dpi=_REPORT_DPI).items()
+        for name, png in render_plots(summary, dpi=_REPORT_DPI, trials=trials).items()
     )
     parts += ["<h2>Figures</h2>", figures]
     return (

@@ -32,6 +32,7 @@ __all__ = [
     "format_markdown",
     "format_table",
     "group_tables",
+    "phase_means",
     "phase_tables",
     "render_markdown",
     "render_text",
@@ -250,23 +251,34 @@ def breakdown_tables(summary: pd.DataFrame) -> list[Table]:
     return tables
 
 
-_PHASE_NAMES = ["startup", "build", "warm-up", "measured", "after measured", "teardown"]
+PHASE_NAMES = ["startup", "build", "warm-up", "measured", "after measured", "teardown"]
+"""Display names of schema.PHASE_COLUMNS, in the same order (the report's table and figure)."""
 
 
-def phase_tables(trials: pd.DataFrame) -> list[Table]:
-    """Per study, where a trial's wall clock goes at each worker count: the mean of each phase
-    (schema.PHASE_COLUMNS, in seconds) over the latest attempts that recorded them, and the measured
-    steps' share of those trials' wall time. Empty for results written before the phase columns."""
+def phase_means(trials: pd.DataFrame) -> pd.DataFrame | None:
+    """Per (study, num_workers): the mean wall time and mean of each phase (schema.PHASE_COLUMNS, in
+    seconds) over the latest attempts that recorded them, `steps_s` (the mean of the measured steps
+    proper, wall - overhead), `share` (the measured steps' share of those trials' summed wall time)
+    and `n` (trials). None for results written before the phase columns, or with no timed trial."""
     trials = latest_attempts(trials)
     if not _has(trials, "startup_s"):
-        return []
+        return None
     timed = trials[trials["startup_s"].notna()].assign(steps_s=lambda t: t["wall_time_s"] - t["overhead_s"])
     by = timed.groupby(["study", "num_workers"])
-    means = by[["wall_time_s", *PHASE_COLUMNS]].mean()
+    means = by[["wall_time_s", *PHASE_COLUMNS, "steps_s"]].mean()
     sums = by[["steps_s", "wall_time_s"]].sum()
     means["share"] = sums["steps_s"] / sums["wall_time_s"]
     means["n"] = by.size()
-    headers = ["workers", "trials", "wall (s)", *(f"{name} (s)" for name in _PHASE_NAMES), "measured steps"]
+    return means
+
+
+def phase_tables(trials: pd.DataFrame) -> list[Table]:
+    """Per study, where a trial's wall clock goes at each worker count (`phase_means`) and the measured
+    steps' share of those trials' wall time. Empty for results written before the phase columns."""
+    means = phase_means(trials)
+    if means is None:
+        return []
+    headers = ["workers", "trials", "wall (s)", *(f"{name} (s)" for name in PHASE_NAMES), "measured steps"]
     tables = []
     for study, g in means.groupby(level="study", sort=False):
         cells = [
