@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tinyfold_ray.config import ModelConfig
 from tinyfold_ray.data import SyntheticData
-from tinyfold_ray.flops import forward_flops_per_sample, peak_tflops, train_flops_per_sample
+from tinyfold_ray.flops import forward_flops_per_sample, peak_tflops, train_flops_per_sample, utilization
 from tinyfold_ray.model import TinyFold
 
 
@@ -52,3 +52,27 @@ def test_default_model_is_66_6_gflop_per_sample():
 )
 def test_peak_tflops_by_device_name_and_precision(name, amp, peak):
     assert peak_tflops(name, amp) == peak
+
+
+def test_utilization_is_per_device_and_unknown_without_a_known_peak(tiny_model_cfg):
+    flops = train_flops_per_sample(tiny_model_cfg)
+    one = utilization(tiny_model_cfg, 1e6, "NVIDIA H200", "bf16")
+    assert one["achieved_tflops"] == pytest.approx(flops * 1e6 / 1e12)
+    assert one["mfu"] == pytest.approx(one["achieved_tflops"] / 989.4)
+    eight = utilization(tiny_model_cfg, 1e6, "NVIDIA H200", "bf16", num_devices=8)
+    assert eight["mfu"] == pytest.approx(one["mfu"] / 8)
+    assert utilization(tiny_model_cfg, 1e6, "AMD EPYC 7763", "none")["mfu"] is None
+
+
+def test_one_process_json_and_summary_carry_achieved_tflops_and_mfu(tiny_model_cfg, monkeypatch):
+    from tinyfold_ray.config import TrainConfig
+    from tinyfold_ray.train import single
+
+    train = TrainConfig(batch_size=2, num_steps=2, warmup_steps=0)
+    # The CPU has no peak in the table; a known name shows the MFU the summary prints on a GPU.
+    monkeypatch.setattr(single, "device_name", lambda device: "NVIDIA H200")
+    run = single.train_single(tiny_model_cfg, train, "cpu")
+    expected = train_flops_per_sample(tiny_model_cfg) * run["throughput_samples_per_sec"] / 1e12
+    assert run["achieved_tflops"] == pytest.approx(expected)
+    assert run["mfu"] == pytest.approx(expected / 67.0)  # fp32 peak of an H200
+    assert f"MFU {run['mfu'] * 100:.2f} %" in single.format_summary(run)

@@ -26,6 +26,11 @@ CUDAGRAPH_WARMUP_STEPS = 3
 # DDP rebuilds its gradient buckets in the order backward produced the gradients, during its second
 # iteration: with several workers, the first two steps are not yet the steps a study times.
 DDP_WARMUP_STEPS = 2
+# cuda_graph: eager steps on a side stream before the step is captured (PyTorch's whole-network
+# capture recipe), and the DDP-enabled eager steps its CUDA-graph notes ask for before a capture
+# that holds DDP's all-reduce; the capture itself is one more untimed step.
+GRAPH_EAGER_STEPS = 3
+DDP_GRAPH_EAGER_STEPS = 11
 ATTENTION_KERNELS = ("eager", "sdpa")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 SCALING_MODES = ("weak", "strong")
@@ -217,6 +222,9 @@ class TrainConfig:
     """torch.compile mode; reduce-overhead and max-autotune capture CUDA graphs."""
     num_threads: int | None = None
     """torch intra-op threads (CPU runs); None leaves torch's default."""
+    cuda_graph: bool = False
+    """Capture the whole step (forward, backward, DDP's all-reduce, optimiser) in one CUDA graph after
+    the warm-up's eager steps, and replay it every step (GPU only; train/step.py)."""
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -238,6 +246,30 @@ class TrainConfig:
         )
         if self.num_threads is not None:
             _positive_ints(self, "num_threads")
+        if self.cuda_graph:
+            self._check_cuda_graph()
+
+    def _check_cuda_graph(self) -> None:
+        _require(
+            self.compile not in CUDAGRAPH_COMPILE_MODES,
+            "compile",
+            self.compile,
+            "captures CUDA graphs of its own inside the whole-step graph of cuda_graph=true; "
+            "use compile=none, default or max-autotune-no-cudagraphs with it",
+        )
+        _require(
+            self.amp != "fp16",
+            "amp",
+            self.amp,
+            "fp16 with cuda_graph=true is not supported (its gradient scaler is not captured); use amp=bf16",
+        )
+        _require(
+            self.warmup_steps > GRAPH_EAGER_STEPS,
+            "warmup_steps",
+            self.warmup_steps,
+            f"cuda_graph=true needs >= {GRAPH_EAGER_STEPS + 1} untimed warm-up steps: "
+            f"{GRAPH_EAGER_STEPS} eager, then the capture",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -342,6 +374,8 @@ class TrialSpec:
             f"captures CUDA graphs, which this DDP training ({self.num_workers} workers) does not support; "
             "use compile=default or max-autotune-no-cudagraphs",
         )
+        if self.train.cuda_graph:
+            self._check_cuda_graph()
         _require(
             self.num_workers == 1 or self.train.warmup_steps >= DDP_WARMUP_STEPS,
             "warmup_steps",
@@ -350,6 +384,27 @@ class TrialSpec:
             "its gradient buckets in its second step, which must not be timed",
         )
         check_env(self.env)
+
+    def _check_cuda_graph(self) -> None:
+        _require(
+            self.device != "cpu",
+            "cuda_graph",
+            True,
+            "CUDA graphs need a GPU (device cuda, rocm or auto on GPU workers), and this trial's device is cpu",
+        )
+        _require(
+            self.num_workers == 1 or self.comm_backend != "gloo",
+            "cuda_graph",
+            True,
+            "a graph can hold NCCL's or RCCL's all-reduce, not gloo's; leave comm_backend unset",
+        )
+        _require(
+            self.num_workers == 1 or self.train.warmup_steps > DDP_GRAPH_EAGER_STEPS,
+            "warmup_steps",
+            self.train.warmup_steps,
+            f"cuda_graph=true with {self.num_workers} DDP workers needs >= {DDP_GRAPH_EAGER_STEPS + 1} untimed "
+            f"warm-up steps: DDP needs {DDP_GRAPH_EAGER_STEPS} eager steps before its all-reduce is captured",
+        )
 
     @property
     def global_batch(self) -> int:

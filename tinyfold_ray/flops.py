@@ -9,6 +9,8 @@ convention (one product for the input gradient, one for the weight gradient).
 
 from __future__ import annotations
 
+from typing import Any
+
 from tinyfold_ray.config import ModelConfig
 
 BACKWARD_PER_FORWARD = 2
@@ -77,3 +79,20 @@ def peak_tflops(device_name: str | None, amp: str) -> float | None:
         if fragment.lower() in device_name.lower():
             return peaks.get(precision)
     return None
+
+
+def utilization(
+    cfg: ModelConfig, samples_per_s: float, device_name: str | None, amp: str, num_devices: int = 1
+) -> dict[str, Any]:
+    """flops_per_sample, achieved_tflops and mfu of a run at `samples_per_s` on `num_devices` devices.
+
+    mfu is per device (a run's throughput is shared by its devices) and None where the peak is unknown.
+    """
+    flops = train_flops_per_sample(cfg)
+    achieved_tflops = flops * samples_per_s / 1e12
+    peak = peak_tflops(device_name, amp)
+    return {
+        "flops_per_sample": float(flops),
+        "achieved_tflops": achieved_tflops,
+        "mfu": achieved_tflops / (peak * num_devices) if peak else None,
+    }

@@ -1,10 +1,13 @@
 """`python -m tinyfold_ray.bench gpu`: the one-GPU check, one table in under 8 minutes.
 
-Rows: one-process samples/s at the default size (fp32 and bf16, eager and the fastest compile mode
-that works, batch 4 and 8) with peak memory; a one-worker Ray Train trial and its ratio to one
-process; a one-GPU study (batch x AMP, 2 repeats) summarised; the pytest `gpu` tests. Every run is a
-subprocess with a time limit taken from one budget, so a slow compile or a hang costs its own row only
-and the table always prints; a row that did not fit says so.
+Rows: one-process samples/s at the default size (fp32 and bf16, eager and the fastest mode that works
+of compile default, compile reduce-overhead and the whole-step CUDA graph, batch 4 and 8) with peak
+memory and MFU; a bf16 batch sweep (4, 8, 16, ... until out of memory or out of time) in eager and the
+fastest mode; with --reference, TinyOpenFold v1 timed on the same GPU and every row's ratio to it; a
+one-worker Ray Train trial and its ratio to one process; a one-GPU study (batch x AMP, 2 repeats)
+summarised; the pytest `gpu` tests. Every run is a subprocess with a time limit taken from one budget,
+so a slow compile or a hang costs its own row only and the table always prints; a row that did not
+fit says so.
 
 On a node without network access and without Ray: build `wheelhouse/` where there is network with
 `python -m tinyfold_ray.offline --python X.Y --platform manylinux_2_<glibc>_<arch>` (tinyfold_ray/offline.py)
@@ -32,8 +35,12 @@ from tinyfold_ray.offline import DEFAULT_DEST
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = Path(tempfile.gettempdir()) / "tinyfold-ray-site"
-STEPS, WARMUP = 20, 3  # three warm-up steps: CUDA-graph modes record on the second call
-COMPILE_CANDIDATES = ("default", "reduce-overhead")
+# Four warm-up steps: the whole-step graph captures after three eager ones (config.GRAPH_EAGER_STEPS),
+# and compile's CUDA-graph modes record on their second call.
+STEPS, WARMUP = 20, 4
+GRAPH = "graph"  # the whole step in one CUDA graph (`--cuda-graph`); the other modes are compile's
+MODE_CANDIDATES = (GRAPH, "default", "reduce-overhead")  # the cheapest to try first
+SWEEP_BATCHES = tuple(4 * 2**i for i in range(9))  # 4 .. 1024 samples per step
 SKIPPED = "skipped: time budget"
 # The model of every run: empty = TinyOpenFold's default size (flags of `python -m tinyfold_ray.train`,
 # and the same as a study's `model:` mapping).
@@ -43,6 +50,8 @@ STUDY_SWEEP = {"num_workers": [1], "batch_per_worker": [4, 8], "amp": ["none", "
 STUDY_REPEATS = 2
 # Seconds kept back, while earlier rows run, for the rows that must appear whatever else happens.
 RESERVE = {"ray": 45, "study": 120, "pytest": 150}
+CAP_S = {"none": 90, GRAPH: 90}  # longest run of each mode; compile's cold compile needs more
+COMPILED_CAP_S = 180
 
 
 @dataclass
@@ -103,14 +112,27 @@ def last_line(done: subprocess.CompletedProcess) -> str:
     return lines[-1][:200] if lines else f"exit {done.returncode}"
 
 
-def one_process(amp: str, batch: int, compile_mode: str, timeout: float) -> dict | str:
-    """`python -m tinyfold_ray.train` at the default size: its JSON, or why there is none."""
+def mode_flags(mode: str) -> list[str]:
+    return ["--cuda-graph"] if mode == GRAPH else ["--compile", mode]
+
+
+def mode_label(mode: str) -> str:
+    return {"none": "eager", GRAPH: "CUDA graph of the whole step"}.get(mode, f"compile {mode}")
+
+
+def cap_s(mode: str) -> float:
+    return CAP_S.get(mode, COMPILED_CAP_S)
+
+
+def one_process(amp: str, batch: int, mode: str, timeout: float) -> dict | str:
+    """`python -m tinyfold_ray.train` at the default size in `mode` (a compile mode or GRAPH): its JSON,
+    or why there is none."""
     if timeout < 20:
         return SKIPPED
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         command = [sys.executable, "-m", "tinyfold_ray.train", "--json", str(out), "--amp", amp]
-        command += ["--batch-size", str(batch), "--compile", compile_mode]
+        command += ["--batch-size", str(batch), *mode_flags(mode)]
         command += ["--num-steps", str(STEPS), "--warmup-steps", str(WARMUP), *MODEL_FLAGS]
         done, _ = run(command, timeout)
         if done is None:
@@ -127,13 +149,19 @@ def gib(num_bytes) -> str:
     return "n/a" if num_bytes is None or pd.isna(num_bytes) else f"{num_bytes / 2**30:.2f} GiB"
 
 
-def describe_run(result: dict | str) -> str:
+def describe_run(result: dict | str, reference: dict | str | None = None) -> str:
+    """samples/s, median step, peak memory, MFU, warm-up; with a timed reference, the ratio to it."""
     if isinstance(result, str):
         return result
+    mfu = result.get("mfu")
+    mfu_text = f"MFU {mfu * 100:.2f} %" if mfu is not None else "MFU n/a"
+    ratio = ""
+    if isinstance(reference, dict):
+        ratio = f", {result['throughput_samples_per_sec'] / reference['throughput_samples_per_sec']:.2f}x v1"
     return (
-        f"{result['throughput_samples_per_sec']:.1f} samples/s (median step "
+        f"{result['throughput_samples_per_sec']:.1f} samples/s{ratio} (median step "
         f"{result['step_time_median_s'] * 1e3:.1f} ms, {gib(result['peak_memory_bytes'])} peak, "
-        f"warm-up {result['warmup_time_s']:.0f} s)"
+        f"{mfu_text}, warm-up {result['warmup_time_s']:.0f} s)"
     )
 
 
@@ -143,25 +171,120 @@ def gpu_backend() -> str:
     return "rocm" if torch.version.hip else "cuda"
 
 
-def eager_runs(runs: dict, budget: Budget, keep: float) -> None:
+# A run: (amp, batch, mode) -> (amp, batch, mode, timeout) -> its JSON or why there is none.
+TimeRun = Callable[[str, int, str, float], "dict | str"]
+
+
+def time_cell(runs: dict, key: tuple, budget: Budget, keep: float, time_run: TimeRun) -> dict | str:
+    """The run of `key` = (amp, batch, mode), timed unless it was already (or skipped for time before)."""
+    if runs.get(key, SKIPPED) == SKIPPED:
+        amp, batch, mode = key
+        runs[key] = time_run(amp, batch, mode, budget.allow(cap_s(mode), keep))
+    return runs[key]
+
+
+def eager_runs(runs: dict, budget: Budget, keep: float, time_run: TimeRun = one_process) -> None:
     """Time the eager cells not yet timed (or skipped for time before)."""
     for amp in ("none", "bf16"):
         for batch in (4, 8):
-            if runs.get((amp, batch, "none"), SKIPPED) == SKIPPED:
-                runs[(amp, batch, "none")] = one_process(amp, batch, "none", budget.allow(90, keep))
+            time_cell(runs, (amp, batch, "none"), budget, keep, time_run)
 
 
-def compiled_runs(runs: dict, budget: Budget, keep: float, modes: tuple[str, ...]) -> str | None:
-    """Try `modes` on bf16 batch 4 (skipping those already tried), then time the rest of the matrix
-    with the fastest that worked; return that mode."""
+def try_modes(
+    runs: dict, budget: Budget, keep: float, modes: tuple[str, ...], time_run: TimeRun = one_process
+):
+    """Time `modes` on bf16 batch 4 (those not tried yet); return the fastest that worked, if any."""
     for mode in modes:
-        if runs.get(("bf16", 4, mode), SKIPPED) == SKIPPED:
-            runs[("bf16", 4, mode)] = one_process("bf16", 4, mode, budget.allow(180, keep))
-    best = fastest_mode(runs)
+        time_cell(runs, ("bf16", 4, mode), budget, keep, time_run)
+    return fastest_mode(runs)
+
+
+def compiled_matrix(
+    runs: dict, budget: Budget, keep: float, best: str | None, time_run: TimeRun = one_process
+):
+    """The matrix's other cells (fp32, batch 8) in the fastest mode."""
     for amp, batch in (("none", 4), ("bf16", 8), ("none", 8)):
-        if best is not None and runs.get((amp, batch, best), SKIPPED) == SKIPPED:
-            runs[(amp, batch, best)] = one_process(amp, batch, best, budget.allow(180, keep))
-    return best
+        if best is not None:
+            time_cell(runs, (amp, batch, best), budget, keep, time_run)
+
+
+def batch_sweep(runs: dict, mode: str, budget: Budget, keep: float, time_run: TimeRun = one_process) -> None:
+    """bf16 in `mode` at batch 4, 8, 16, ... (SWEEP_BATCHES) until a batch gives no figures: out of
+    memory, another failure, a time-out or no time left ends the sweep (`sweep_rows` says which)."""
+    for batch in SWEEP_BATCHES:
+        if not isinstance(time_cell(runs, ("bf16", batch, mode), budget, keep, time_run), dict):
+            return
+
+
+def sweep_rows(runs: dict, mode: str, reference: dict | str | None = None) -> list[Row]:
+    """One row per batch the sweep reached (the last says why it ended, if it did), then the best."""
+    settings = f"bf16, {mode_label(mode)}, default size, {STEPS} steps after {WARMUP} warm-up"
+    rows, timed = [], {}
+    for batch in SWEEP_BATCHES:
+        result = runs.get(("bf16", batch, mode))
+        if result is None:
+            break
+        value = describe_run(result, reference)
+        if not isinstance(result, dict):
+            out_of_memory = "out of memory" in result.lower()
+            value = ("out of memory: " if out_of_memory else "") + f"{value} (the sweep ends here)"
+        rows.append(Row(f"batch sweep, bf16, {mode_label(mode)}, batch {batch}", value, settings))
+        if not isinstance(result, dict):
+            break
+        timed[batch] = result
+    if timed:
+        best = max(timed, key=lambda b: timed[b]["throughput_samples_per_sec"])
+        rows.append(
+            Row(
+                f"batch sweep, bf16, {mode_label(mode)}: best batch",
+                f"batch {best}: {describe_run(timed[best], reference)}",
+                "target: >= 2,000 samples/s on one H200",
+            )
+        )
+    return rows
+
+
+def reference_run(path: str, budget: Budget, keep: float) -> dict | str:
+    """TinyOpenFold v1 timed by its own loop (bench/reference.py), fp32 eager batch 4, on this GPU."""
+    timeout = budget.allow(120, keep)
+    if timeout < 20:
+        return SKIPPED
+    command = [sys.executable, "-m", "tinyfold_ray.bench.reference", str(Path(path).resolve())]
+    command += ["--batch-size", "4", "--num-steps", str(STEPS), "--warmup-steps", str(WARMUP)]
+    command += ["--device", gpu_backend()]
+    done, _ = run(command, timeout)
+    if done is None:
+        return f"timed out after {timeout:.0f} s"
+    if done.returncode != 0:
+        return f"failed: {last_line(done)}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def reference_rows(reference: dict | str, runs: dict) -> list[Row]:
+    settings = "TinyOpenFold v1's own loop, default size, fp32 eager, batch 4, same GPU"
+    value = reference
+    if isinstance(reference, dict):
+        value = (
+            f"{reference['throughput_samples_per_sec']:.1f} samples/s "
+            f"(median step {reference['step_time_median_s'] * 1e3:.1f} ms)"
+        )
+    rows = [Row("TinyOpenFold v1 (reference)", value, settings)]
+    at_batch_4 = {
+        mode: r["throughput_samples_per_sec"]
+        for (amp, batch, mode), r in runs.items()
+        if batch == 4 and isinstance(r, dict)
+    }
+    if isinstance(reference, dict) and at_batch_4:
+        mode = max(at_batch_4, key=at_batch_4.get)
+        ratio = at_batch_4[mode] / reference["throughput_samples_per_sec"]
+        rows.append(
+            Row(
+                "fastest at batch 4 / TinyOpenFold v1",
+                f"{ratio:.1f}x ({mode_label(mode)})",
+                "target >= 10x; every row's ratio: 'Nx v1'",
+            )
+        )
+    return rows
 
 
 def fastest_mode(runs: dict) -> str | None:
@@ -173,9 +296,9 @@ def fastest_mode(runs: dict) -> str | None:
     return max(worked, key=worked.get) if worked else None
 
 
-def one_process_rows(runs: dict) -> list[Row]:
+def one_process_rows(runs: dict, reference: dict | str | None = None) -> list[Row]:
     best = fastest_mode(runs)
-    tried = [m for m in COMPILE_CANDIDATES if ("bf16", 4, m) in runs]
+    tried = [m for m in MODE_CANDIDATES if ("bf16", 4, m) in runs]
     rows = []
     for compiled in (False, True):
         for amp in ("none", "bf16"):
@@ -185,16 +308,12 @@ def one_process_rows(runs: dict) -> list[Row]:
                     modes = tried or modes
                 for mode in modes:
                     precision = "fp32" if amp == "none" else amp
-                    label = (
-                        "eager"
-                        if mode == "none"
-                        else f"compile {mode}" + (" (fastest)" if mode == best else "")
-                    )
+                    label = mode_label(mode) + (" (fastest)" if mode == best else "")
                     result = runs.get((amp, batch, mode), SKIPPED)
                     rows.append(
                         Row(
                             f"one process, {precision}, {label}, batch {batch}",
-                            describe_run(result),
+                            describe_run(result, reference),
                             f"default size, {STEPS} steps after {WARMUP} warm-up",
                         )
                     )
@@ -288,7 +407,7 @@ def bench_study(budget: Budget, keep: float) -> list[Row]:
 
 
 def bench_pytest(budget: Budget) -> list[Row]:
-    timeout = budget.allow(240)
+    timeout = budget.allow(300)  # 18 tests, 7 of them compile cold
     if timeout < 30:
         return [Row("pytest -m gpu", SKIPPED, "tests/test_gpu.py")]
     command = [
@@ -335,7 +454,12 @@ def progress(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m tinyfold_ray.bench gpu", description=__doc__.splitlines()[0])
-    p.add_argument("--budget-s", type=float, default=465.0, help="wall-clock budget of the whole check")
+    p.add_argument("--budget-s", type=float, default=510.0, help="wall-clock budget of the whole check")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="a copy of TinyOpenFold's tiny_openfold_v1.py: time it here too and print every row's ratio to it",
+    )
     args = p.parse_args(argv)
     import torch
 
@@ -353,8 +477,12 @@ def main(argv: list[str] | None = None) -> int:
     progress("one process, eager")
     runs: dict = {}
     eager_runs(runs, budget, keep=must)
-    progress("one process, compiled")
-    compiled_runs(runs, budget, must, modes=COMPILE_CANDIDATES[:1])
+    reference = None
+    if args.reference:
+        progress("TinyOpenFold v1")
+        reference = reference_run(args.reference, budget, keep=must)
+    progress(f"one process, {mode_label(MODE_CANDIDATES[0])}")
+    try_modes(runs, budget, must, modes=MODE_CANDIDATES[:1])
     later: list[Row] = []
     if have_ray:
         keep = RESERVE["study"] + RESERVE["pytest"]
@@ -367,9 +495,20 @@ def main(argv: list[str] | None = None) -> int:
     later += guarded("pytest -m gpu", lambda: bench_pytest(budget))
     progress("one process, what did not fit before")
     eager_runs(runs, budget, keep=0.0)
-    compiled_runs(runs, budget, 0.0, modes=COMPILE_CANDIDATES)
+    if args.reference and reference == SKIPPED:
+        reference = reference_run(args.reference, budget, keep=0.0)
+    progress("batch sweep, bf16 eager")
+    batch_sweep(runs, "none", budget, keep=budget.left() / 2)  # half of what is left for the modes after
+    progress("the other modes, then the batch sweep in the fastest")
+    best = try_modes(runs, budget, 0.0, modes=MODE_CANDIDATES)
+    if best is not None:
+        batch_sweep(runs, best, budget, keep=0.0)
+    compiled_matrix(runs, budget, 0.0, best)
     print(f"ray: {ray_note}; whole check {time.monotonic() - start:.0f} s of a {args.budget_s:.0f} s budget")
-    print(format_table([*one_process_rows(runs), *later]))
+    rows = one_process_rows(runs, reference)
+    rows += sweep_rows(runs, "none", reference) + (sweep_rows(runs, best, reference) if best else [])
+    rows += reference_rows(reference, runs) if reference is not None else []
+    print(format_table([*rows, *later]))
     return 0
 
 

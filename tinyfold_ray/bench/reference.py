@@ -8,12 +8,16 @@ optimiser step each bracketed by a device synchronisation, deterministic algorit
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from tinyfold_ray.device import synchronize
+from tinyfold_ray.cli import ArgumentParser, run_main
+from tinyfold_ray.config import DEVICES
+from tinyfold_ray.device import resolve_backend, synchronize, torch_device
 from tinyfold_ray.errors import ConfigError
 
 
@@ -67,3 +71,35 @@ def time_reference(path, *, batch_size: int, num_steps: int, warmup_steps: int, 
         return step_times[len(step_times) // 2], sum(p.numel() for p in model.parameters())
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time the reference alone and print its figures as one JSON line (`bench gpu` runs this)."""
+    p = ArgumentParser(prog="python -m tinyfold_ray.bench.reference", description=main.__doc__)
+    p.add_argument("path", help="a copy of TinyOpenFold's tiny_openfold_v1.py")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--num-steps", type=int, default=20)
+    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    args = p.parse_args(argv)
+    device = torch_device(resolve_backend(args.device))
+    median, num_params = time_reference(
+        args.path,
+        batch_size=args.batch_size,
+        num_steps=args.num_steps,
+        warmup_steps=args.warmup_steps,
+        device=device,
+    )
+    figures = {
+        "batch_size": args.batch_size,
+        "step_time_median_s": median,
+        "throughput_samples_per_sec": args.batch_size / median,
+        "num_params": num_params,
+        "device": str(device),
+    }
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main("tinyfold_ray.bench.reference", main))

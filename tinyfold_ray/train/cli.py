@@ -45,6 +45,11 @@ def build_parser() -> ArgumentParser:
     t.add_argument("--amp", choices=AMP_MODES, default=None, help="mixed precision (default none)")
     t.add_argument("--use-amp", action="store_true", help="TinyOpenFold's spelling of --amp fp16")
     t.add_argument("--compile", choices=COMPILE_MODES, default=d_train.compile, help="torch.compile mode")
+    t.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="capture the whole step (forward, backward, all-reduce, optimiser) in one CUDA graph (GPU only)",
+    )
     t.add_argument("--fused-optimizer", choices=("auto", "on", "off"), default="auto", help="fused AdamW")
     t.add_argument("--threads", type=int, default=None, help="torch threads (CPU runs)")
     t.add_argument("--device", choices=DEVICES, default="auto", help="auto picks a GPU when torch sees one")
@@ -98,6 +103,7 @@ def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
         compile=args.compile,
         fused_optimizer={"auto": None, "on": True, "off": False}[args.fused_optimizer],
         num_threads=args.threads,
+        cuda_graph=args.cuda_graph,
     )
     return model, train
 

@@ -8,13 +8,21 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from tinyfold_ray.config import CUDAGRAPH_COMPILE_MODES, ModelConfig, TrainConfig
+from tinyfold_ray.config import (
+    CUDAGRAPH_COMPILE_MODES,
+    DDP_GRAPH_EAGER_STEPS,
+    GRAPH_EAGER_STEPS,
+    ModelConfig,
+    TrainConfig,
+)
 from tinyfold_ray.data import SyntheticData
 from tinyfold_ray.device import fused_adamw_supported
 from tinyfold_ray.errors import ConfigError
 from tinyfold_ray.model import TinyFold, distance_loss, num_parameters
 from tinyfold_ray.train.breakdown import StepMarks
+from tinyfold_ray.train.graphed import GraphedStep
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,6 +51,7 @@ def build_training(
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
 ) -> Training:
     """Seed, data, model (optionally wrapped, e.g. in DDP), optimiser, compile: ready to step."""
+    check_cuda_graph_device(train_cfg, device)
     if train_cfg.num_threads is not None:
         torch.set_num_threads(train_cfg.num_threads)
     # Same init on every rank (DDP also broadcasts rank 0's weights); data differ by rank.
@@ -51,14 +60,23 @@ def build_training(
     num_params = num_parameters(model)
     data = SyntheticData(model_cfg, train_cfg.batch_size, seed=train_cfg.seed, rank=rank, device=device)
 
+    # The whole-step graph's side stream: DDP is built on it too (PyTorch's notes on DDP and CUDA graphs).
+    side_stream = torch.cuda.Stream(device) if train_cfg.cuda_graph else None
     if wrap_model is not None:
-        model = wrap_model(model)
+        with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
+            model = wrap_model(model)
+        if side_stream is not None:
+            torch.cuda.current_stream(device).wait_stream(side_stream)
     fused = train_cfg.fused_optimizer
     if fused is None:
         fused = fused_adamw_supported(device)
     check_fp16_without_sync(train_cfg.amp, fused, device)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay, fused=fused
+        model.parameters(),
+        lr=train_cfg.learning_rate,
+        weight_decay=train_cfg.weight_decay,
+        fused=fused,
+        capturable=train_cfg.cuda_graph,  # its step count stays on the device, so a graph can hold it
     )
     forward = model if train_cfg.compile == "none" else torch.compile(model, mode=train_cfg.compile)
     marks = StepMarks(device)
@@ -68,8 +86,17 @@ def build_training(
         train_cfg.amp,
         device,
         cudagraphs=train_cfg.compile in CUDAGRAPH_COMPILE_MODES,
-        marks=marks,
+        marks=None if side_stream is not None else marks,
+        autocast_cache=side_stream is None,
     )
+    if side_stream is not None:
+        eager_steps = graph_eager_steps(model)
+        if train_cfg.warmup_steps <= eager_steps:
+            raise ConfigError(
+                f"warmup_steps={train_cfg.warmup_steps} is not allowed: cuda_graph=true here needs >= "
+                f"{eager_steps + 1} untimed warm-up steps ({eager_steps} eager, then the capture)"
+            )
+        step = GraphedStep(step, eager_steps=eager_steps, stream=side_stream, marks=marks)
     return Training(
         model=model,
         step=step,
@@ -79,6 +106,19 @@ def build_training(
         num_params=num_params,
         fused_optimizer=fused,
     )
+
+
+def check_cuda_graph_device(train_cfg: TrainConfig, device: torch.device) -> None:
+    """cuda_graph=true on anything but a GPU is refused before the model is built."""
+    if train_cfg.cuda_graph and device.type != "cuda":
+        raise ConfigError(
+            f"cuda_graph=true is not allowed on {device.type}: CUDA graphs need a CUDA or ROCm GPU"
+        )
+
+
+def graph_eager_steps(model: nn.Module) -> int:
+    """Eager steps before the whole step is captured: more under DDP, whose all-reduce it holds."""
+    return DDP_GRAPH_EAGER_STEPS if isinstance(model, DistributedDataParallel) else GRAPH_EAGER_STEPS
 
 
 def check_fp16_without_sync(amp: str, fused: bool, device: torch.device) -> None:
@@ -103,6 +143,7 @@ def make_step(
     *,
     cudagraphs: bool = False,
     marks: StepMarks | None = None,
+    autocast_cache: bool = True,
 ) -> tuple[Callable[[tuple], torch.Tensor], Callable[[tuple], torch.Tensor]]:
     """(step, forward_backward): functions batch -> detached loss tensor. `step` does forward, backward
     and the optimiser step (and sets `marks` after backward and after the optimiser); `forward_backward`
@@ -112,12 +153,15 @@ def make_step(
     scaler's inf check would sync each step, except with a fused optimiser, which takes the check itself
     (`check_fp16_without_sync` refuses the other case on GPUs). With CUDA graphs each call starts a new
     graph iteration explicitly, so a replay may reuse the previous step's output memory.
+    `autocast_cache=False` for a step captured whole in a CUDA graph, as PyTorch asks of autocast there.
     """
     if amp == "none":
         autocast = contextlib.nullcontext
     else:
         dtype = AMP_DTYPES[amp]
-        autocast = lambda: torch.autocast(device_type=device.type, dtype=dtype)  # noqa: E731
+        autocast = lambda: torch.autocast(  # noqa: E731
+            device_type=device.type, dtype=dtype, cache_enabled=autocast_cache
+        )
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
     def forward_backward(batch: tuple) -> torch.Tensor:
