@@ -1,6 +1,14 @@
+import os
+import signal
+
 import pytest
 
+from tests.ray_helpers import start_shared_ray, stop_shared_ray
 from tinyfold_ray.config import ModelConfig
+
+# A test that runs trials on the session's shared embedded Ray asks for this fixture (conftest's below,
+# or a module's own of this name that enters ray_helpers.embedded_ray).
+SHARED_RAY_FIXTURE = "ray_cluster"
 
 
 @pytest.fixture
@@ -19,3 +27,40 @@ def tiny_model_cfg() -> ModelConfig:
         seq_len=7,
         pair_input_dim=11,
     )
+
+
+@pytest.fixture
+def ray_cluster():
+    """The session's shared embedded Ray (ray_helpers.start_shared_ray)."""
+    start_shared_ray()
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored():
+    """Every test leaves the process environment and its Ctrl-C handler as it found them: no variable
+    set by one test (or by the code it runs) reaches a later test or the subprocesses it starts, and a
+    study run in-process leaves no Ray Tune SIGINT handler behind (Tune installs one per run and keeps
+    it)."""
+    saved = dict(os.environ)
+    on_sigint = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, on_sigint)
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _shares_ray(item: pytest.Item | None) -> bool:
+    return item is not None and SHARED_RAY_FIXTURE in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Keep the shared Ray only from one test that asks for it to the next that does: any other test
+    (one that starts a cluster of its own, or none) runs without an initialised Ray in this process,
+    whatever the order the tests run in."""
+    try:
+        return (yield)
+    finally:
+        if not (_shares_ray(item) and _shares_ray(nextitem)):
+            stop_shared_ray()

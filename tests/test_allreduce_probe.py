@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -70,8 +71,6 @@ def test_probe_sizes_hold_the_gradient_and_a_second_size(num_params):
 def _probe_worker(rank: int, world: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        import torch
-
         device = torch.device("cpu")
         result = probe_allreduce(PROBE_PARAMS, device)
         if world > 1:
@@ -102,9 +101,13 @@ def test_probe_on_two_gloo_ranks_agrees_and_fits_its_points(tmp_path):
 
 
 def test_probe_alone_is_all_none(tmp_path):
-    assert _run_group(tmp_path, 1) == [
-        {"allreduce_time_s": None, "allreduce_latency_s": None, "allreduce_s_per_byte": None}
-    ]
+    # A group of one, in this process: nothing to all-reduce, so nothing is measured.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        alone = probe_allreduce(PROBE_PARAMS, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+    assert alone == {"allreduce_time_s": None, "allreduce_latency_s": None, "allreduce_s_per_byte": None}
 
 
 def test_validate_reports_the_fit_it_shares_with_trials():

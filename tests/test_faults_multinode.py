@@ -3,7 +3,6 @@ naming the node, in bounded time; the next trial runs on what is left, or fails 
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -11,39 +10,36 @@ import time
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from ray.experimental import internal_kv
 
 from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL
 from tinyfold_ray.config import TrainConfig, TrialSpec
-from tinyfold_ray.ray_session import make_state_api_fail_fast
-from tinyfold_ray.train import faults
+from tinyfold_ray.ray_session import embedded_runtime_env
+from tinyfold_ray.train.heartbeat import process_board
 from tinyfold_ray.train.trial import run_trial
 
-pytestmark = pytest.mark.slow
 ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=2)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    make_state_api_fail_fast()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "resources": {"MOCK_GPU": 1}})
     doomed = cluster.add_node(num_cpus=2, resources={"MOCK_GPU": 1})
-    ray.init(address=cluster.address, log_to_driver=False)
+    # As the embedded cluster of a study is set up (ray_session.connect).
+    ray.init(address=cluster.address, log_to_driver=False, runtime_env=embedded_runtime_env())
     yield cluster, doomed
     ray.shutdown()
     cluster.shutdown()
 
 
-def _remove_when_working(cluster, node, removed: dict) -> None:
-    """Remove `node` once a worker on it reached its measured steps."""
+def _remove_when_working(cluster, node, key: str, removed: dict) -> None:
+    """Remove `node` once a worker of trial `key` on it reached its measured steps (its heartbeat, on
+    the board this process's trials report to, says so)."""
+    board = process_board()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        for key in internal_kv._internal_kv_list("tinyfold-", namespace=faults.KV_NAMESPACE):
-            raw = internal_kv._internal_kv_get(key, namespace=faults.KV_NAMESPACE)
-            note = json.loads(raw) if raw else {}
-            if note.get("node_id") == node.node_id and note.get("phase") == "measured steps":
-                removed["rank"] = int(key.decode().rsplit("/", 1)[1])
-                removed["at"] = time.monotonic()
+        for rank, note in ray.get(board.trial.remote(key)).items():
+            if note.get("node_id") == node.node_id and note["phase"] == "measured steps":
+                removed["rank"], removed["at"] = rank, time.monotonic()
                 cluster.remove_node(node)
                 return
         time.sleep(0.1)
@@ -62,10 +58,13 @@ def test_a_lost_node_is_a_failed_row_and_the_next_trial_runs_on_what_is_left(clu
         train=ENDLESS,
     )
     removed: dict = {}
-    threading.Thread(target=_remove_when_working, args=(cluster, doomed, removed), daemon=True).start()
+    threading.Thread(
+        target=_remove_when_working, args=(cluster, doomed, spread.trial_id, removed), daemon=True
+    ).start()
     outcome = run_trial(spread, str(tmp_path))
     assert "at" in removed, outcome.row["error"]
     took = time.monotonic() - removed["at"]
+    print(f"node lost: row {took:.1f} s after the removal: {outcome.row['error']}")
     host = socket.gethostname()
     assert outcome.row["error"].startswith(f"node {host} lost (rank {removed['rank']} on {host})"), (
         outcome.row

@@ -1,5 +1,6 @@
-"""Faults that need no Ray cluster: failure reasons from structured errors, the default time limit,
-storage retries and the fallback, corrupt result files, the study lock, concurrent placement."""
+"""Faults that need no Ray cluster: failure reasons from structured errors, the hang watchdog's and the
+time limit's verdicts, the heartbeat board, storage retries and the fallback, corrupt result files, the
+study lock, concurrent placement."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import pytest
 import torch
 from ray.exceptions import ActorDiedError
 from ray.train import WorkerGroupError
-from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 
 from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL
 from tinyfold_ray.config import TrainConfig, TrialSpec
@@ -24,7 +24,9 @@ from tinyfold_ray.errors import StorageError, TrainingError, TrialTimeoutError
 from tinyfold_ray.results import load_results, safe_write
 from tinyfold_ray.results.writer import existing_trials, write_trial
 from tinyfold_ray.study.lock import StudyLockedError, study_lock
-from tinyfold_ray.train import faults
+from tinyfold_ray.train import faults, heartbeat, phases, watchdog
+from tinyfold_ray.train.heartbeat import Heartbeat, ProgressBoard, ProgressChannel
+from tinyfold_ray.train.phases import NAMES, PhaseClock
 from tinyfold_ray.train.resources import trials_fit_together
 
 NOTES = {
@@ -37,8 +39,10 @@ def _group_error(failures: dict) -> WorkerGroupError:
     return WorkerGroupError(error_message="Training failed due to worker errors:", worker_failures=failures)
 
 
-def _dead_worker() -> WorkerHealthCheckFailedError:
-    return WorkerHealthCheckFailedError("A worker health check failed.", ActorDiedError())
+def _dead_worker() -> Exception:
+    """What Ray reports for a worker process that is gone (its own error class, not the train
+    function's)."""
+    return ActorDiedError()
 
 
 # --- failure reasons --------------------------------------------------------------------------------------
@@ -71,6 +75,33 @@ def test_a_time_out_names_the_phase_of_the_rank_furthest_behind():
     error = _group_error({0: TrialTimeoutError(30.0), 1: TrialTimeoutError(30.0)})
     reason = faults.describe_failure(error, notes, alive_node_ids=None)
     assert reason == "timed out after 30 s in start-up (rank 1 on an unknown host)"
+
+
+@pytest.mark.parametrize("phase", NAMES)
+def test_a_time_out_in_any_phase_names_it_as_the_rank_raised_it(phase):
+    # Each rank's own error names the phase that ran out and where; its peer's broken collective (the
+    # timed-out rank left it) is a consequence, not the cause.
+    error = _group_error(
+        {
+            0: RuntimeError("Connection closed by peer [127.0.0.1]:16099"),
+            1: TrialTimeoutError(30.0, phase=phase, rank=1, host="node-b"),
+        }
+    )
+    reason = faults.describe_failure(error, NOTES, alive_node_ids={"n0", "n1"})
+    assert reason == f"timed out after 30 s in {phase} (rank 1 on node-b)"
+
+
+def test_ranks_timed_out_in_later_phases_name_the_one_furthest_behind():
+    error = _group_error(
+        {
+            0: TrialTimeoutError(30.0, phase="profile", rank=0, host="node-a"),
+            1: TrialTimeoutError(30.0, phase="time breakdown", rank=1, host="node-b"),
+        }
+    )
+    assert (
+        faults.describe_failure(error, NOTES, None)
+        == "timed out after 30 s in time breakdown (rank 1 on node-b)"
+    )
 
 
 def test_a_dead_worker_comes_before_the_errors_it_caused_in_its_peers():
@@ -121,6 +152,119 @@ def test_study_key_sets_every_trials_limit(tmp_path):
     assert {t.trial_timeout_s for t in expand(parse_study(raw))} == {90.0}
     with pytest.raises(Exception, match=r"resources.trial_timeout_s=0.0 is not allowed: must be > 0"):
         parse_study({**raw, "resources": {"trial_timeout_s": 0}})
+
+
+# --- the hang watchdog -----------------------------------------------------------------------------------
+
+
+def _rank(phase="measured steps", done=100, silent_s=0.5, stalled_s=0.5, step_s=0.05, host="node-a"):
+    return {
+        "phase": phase,
+        "done": done,
+        "silent_s": silent_s,
+        "stalled_s": stalled_s,
+        "step_s": step_s,
+        "host": host,
+        "actor": None,
+    }
+
+
+def test_a_stopped_rank_is_named_not_the_peer_waiting_for_it():
+    # Rank 1 was stopped 25 s ago: no heartbeat since. Rank 0 still beats, blocked in the all-reduce.
+    ranks = {0: _rank(stalled_s=25.0), 1: _rank(done=100, silent_s=25.0, stalled_s=25.0, host="node-b")}
+    assert watchdog.hang_reason(ranks) == "rank 1 on node-b made no progress for 25 s in measured steps"
+
+
+def test_a_rank_stuck_while_beating_is_named_when_it_is_furthest_behind():
+    ranks = {0: _rank(done=101, stalled_s=30.0), 1: _rank(done=100, stalled_s=31.0, host="node-b")}
+    assert watchdog.hang_reason(ranks) == "rank 1 on node-b made no progress for 31 s in measured steps"
+
+
+def test_slow_steps_and_phases_without_steps_are_no_hang():
+    limit = watchdog.stall_limit_s(2.0)
+    assert limit == watchdog.STALL_SLACK_S + watchdog.STALL_STEPS * 2.0
+    # A straggler's 2 s steps: waiting most of its limit for one is normal.
+    assert watchdog.hang_reason({0: _rank(stalled_s=limit - 1, step_s=2.0)}) is None
+    assert watchdog.hang_reason({0: _rank(stalled_s=limit + 1, step_s=2.0)}) is not None
+    # Building, warming up or probing for long while beating: only the time limit covers it.
+    for phase in ("build", "warm-up", "all-reduce probe"):
+        assert watchdog.hang_reason({0: _rank(phase=phase, done=None, stalled_s=500.0)}) is None
+    silent = _rank(phase="build", done=None, silent_s=watchdog.SILENT_S, stalled_s=watchdog.SILENT_S)
+    assert watchdog.hang_reason({0: silent}) == "rank 0 on node-a made no progress for 30 s in build"
+
+
+def test_the_deadline_verdict_names_the_rank_furthest_behind():
+    ranks = {0: _rank(phase="profile", done=None), 1: _rank(phase="time breakdown", done=None, host="node-b")}
+    assert (
+        watchdog.timeout_reason(60.0, ranks, 2) == "timed out after 60 s in time breakdown (rank 1 on node-b)"
+    )
+    # A rank that never sent a note is still starting up.
+    assert (
+        watchdog.timeout_reason(60.0, {0: ranks[0]}, 2)
+        == "timed out after 60 s in start-up (rank 1 on an unknown host)"
+    )
+
+
+def test_the_board_times_steps_and_silence_on_its_own_clock(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(heartbeat.time, "monotonic", lambda: clock[0])
+    board = ProgressBoard()
+
+    def beat(at, phase, done, rank=0):
+        clock[0] = at
+        board.put("run", "w2-r0", rank, {"rank": rank, "phase": phase, "done": done, "steps": 10}, None)
+
+    beat(100.0, "measured steps", 0)
+    beat(101.0, "measured steps", 4)  # 4 steps in 1 s
+    beat(102.0, "measured steps", 6)  # 2 steps in 1 s
+    beat(103.0, "measured steps", 6)  # alive, no step
+    clock[0] = 105.0
+    (note,) = board.ranks("run").values()
+    assert note["step_s"] == pytest.approx(0.25)  # the median of 4 x 0.25 s and 2 x 0.5 s
+    assert (note["silent_s"], note["stalled_s"]) == (pytest.approx(2.0), pytest.approx(3.0))
+    assert board.get("w2-r0")["done"] == 6 and board.trial("w2-r0") == board.ranks("run")
+    board.forget("run")
+    assert board.ranks("run") == {} and board.get("w2-r0") is None
+
+
+def test_a_rank_past_its_deadline_raises_naming_the_phase_that_ran_out():
+    channel = ProgressChannel(board=None, key="t", deadline=0.0, limit_s=42.0)
+    beat = Heartbeat(channel, rank=1, send=lambda note: None)
+    with pytest.raises(TrialTimeoutError) as info:
+        beat.step(3)
+    assert (info.value.limit_s, info.value.phase, info.value.rank) == (42.0, "start-up", 1)
+    beat.channel = replace(channel, deadline=None)
+    beat.phase("profile")
+    beat.channel = channel
+    with pytest.raises(TrialTimeoutError, match=r"42 s in profile \(rank 1 on "):
+        beat.phase("all-reduce probe")
+
+
+def test_a_skipped_phase_lasts_no_time_so_the_split_adds_up(monkeypatch):
+    clock = PhaseClock(now=10.0)
+    for name, at in (
+        ("build", 11.0),
+        ("warm-up", 12.0),
+        ("measured steps", 13.0),
+        ("all-reduce probe", 15.0),
+    ):
+        monkeypatch.setattr(phases.time, "time", lambda at=at: at)
+        clock.enter(name)
+    assert clock.current == "all-reduce probe"
+    assert "teardown" not in clock.times()
+    monkeypatch.setattr(phases.time, "time", lambda: 16.0)
+    clock.enter("teardown")
+    # One worker and no profile: the time breakdown and the profile begin when the probe begins; the
+    # build began when the worker entered its function.
+    assert clock.times() == {
+        "build": 10.0,
+        "warmup": 12.0,
+        "measured": 13.0,
+        "reference": 15.0,
+        "profile": 15.0,
+        "probe": 15.0,
+        "teardown": 16.0,
+    }
 
 
 # --- storage ----------------------------------------------------------------------------------------------

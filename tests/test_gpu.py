@@ -126,11 +126,16 @@ def test_fp16_without_the_fused_optimizer_is_refused_on_the_gpu():
 @pytest.fixture(scope="module")
 def ray_with_this_gpu():
     ray = pytest.importorskip("ray")
-    from tinyfold_ray.ray_session import make_state_api_fail_fast
+    from tinyfold_ray.ray_session import embedded_runtime_env
 
-    make_state_api_fail_fast()
     # The GPU count given explicitly: Ray's own AMD detection needs the amdsmi package.
-    ray.init(address="local", num_cpus=4, num_gpus=torch.cuda.device_count(), include_dashboard=False)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        num_gpus=torch.cuda.device_count(),
+        include_dashboard=False,
+        runtime_env=embedded_runtime_env(),
+    )
     yield
     ray.shutdown()
 

@@ -37,7 +37,7 @@ LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30  # for `ray start --block` to drain (3 s, see start_head) and stop its processes
 CLIENT_TIMEOUT_S = 60  # a refused submit
-JOB_TIMEOUT_S = 300  # the study itself: two trials of a tiny model, ~30 s each on a busy 2-core box
+JOB_TIMEOUT_S = 300  # the study itself: one 2-worker trial of a tiny model, ~30 s on a busy 2-core box
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 STUDY = {
@@ -48,7 +48,7 @@ STUDY = {
     "resources": {"device": "cpu", "cpus_per_worker": 1},
     "model": TINY_STUDY_MODEL,
     "train": {"num_steps": 3, "warmup_steps": 2},
-    "sweep": {"num_workers": [1, 2]},
+    "sweep": {"num_workers": [2]},  # one trial: its gloo group spans two worker processes
 }
 
 
@@ -374,13 +374,12 @@ def test_the_study_runs_as_a_ray_job_and_its_parquet_reads_with_pandas(head, wor
 
     # The driver joined this cluster (RAY_ADDRESS set by the job supervisor), not an embedded Ray.
     assert "trial(s) to run on Ray cluster at" in log, context
-    progress = re.findall(r"^\[(\d+)/2\] .*samples/s.*$", log, flags=re.M)
-    assert sorted(progress) == ["1", "2"], f"expected one progress line per trial\n{context}"
-    assert progress == sorted(progress)
+    progress = re.findall(r"^\[(\d+)/1\] .*samples/s.*$", log, flags=re.M)
+    assert progress == ["1"], f"expected one progress line for the trial\n{context}"
 
     rows = pd.read_parquet(results / STUDY["name"])
     shown = rows[["trial_id", "num_workers", "status", "error"]].to_string()
-    assert len(rows) == 2, f"{len(rows)} rows:\n{shown}\n{context}"
-    assert sorted(rows.num_workers) == [1, 2], shown
+    assert len(rows) == 1, f"{len(rows)} rows:\n{shown}\n{context}"
+    assert rows.num_workers.tolist() == [2], shown
     assert (rows.status == "ok").all(), shown
     assert (rows.throughput_samples_per_sec > 0).all()

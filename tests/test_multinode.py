@@ -1,8 +1,6 @@
 """A simulated two-node cluster on one host (ray.cluster_utils.Cluster), GPU-style scheduling via a
 custom resource that each node has two of."""
 
-import os
-
 import pandas as pd
 import pytest
 import ray
@@ -10,24 +8,19 @@ from ray.cluster_utils import Cluster
 
 from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL
 from tinyfold_ray.config import TrialSpec
-from tinyfold_ray.ray_session import make_state_api_fail_fast
+from tinyfold_ray.ray_session import embedded_runtime_env
 from tinyfold_ray.train.trial import run_trial
 
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    saved = dict(os.environ)
-    make_state_api_fail_fast()
-    # As the embedded cluster of a study sets it (ray_session.connect): the nodes inherit it.
-    os.environ.setdefault("TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S", "5")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "resources": {"MOCK_GPU": 2}})
     cluster.add_node(num_cpus=2, resources={"MOCK_GPU": 2})
-    ray.init(address=cluster.address, log_to_driver=False)
+    # As the embedded cluster of a study is set up (ray_session.connect).
+    ray.init(address=cluster.address, log_to_driver=False, runtime_env=embedded_runtime_env())
     yield cluster
     ray.shutdown()
     cluster.shutdown()
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 # Slow: in the full default run (after test_faults and test_job_submit) its first worker group died

@@ -1,8 +1,9 @@
 """Progress of a running study: heartbeat lines of a running trial, the study's time left, and --dry-run's
 marks of the trials already done. The end-to-end study runs on the embedded Ray CPU cluster."""
 
-import json
+import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -87,26 +88,41 @@ def test_heartbeat_line_names_the_phase_and_its_steps():
     assert "warm-up (torch.compile compiles here) 0/2" in heartbeat_line("[1/1]", compiled, warmup, 50)
 
 
-def test_heartbeat_writes_a_phase_change_at_once_and_steps_on_its_interval():
+def _wait_for(written: list, predicate, timeout_s: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if written and predicate(written[-1]):
+            return written[-1]
+        time.sleep(0.01)
+    pytest.fail(f"no such note: {written[-1:]}")
+
+
+def test_heartbeat_sends_a_phase_change_at_once_and_steps_on_its_interval():
     written = []
-    channel = ProgressChannel(board="tinyfold-progress-s-abc", key="w1-r0", every_s=0.05)
-    with Heartbeat(channel, put=lambda key, value: written.append((key, json.loads(value)))) as beat:
+    channel = ProgressChannel(board=None, key="w1-r0", every_s=0.05)
+    with Heartbeat(channel, rank=1, send=written.append) as beat:
+        _wait_for(written, lambda note: note["phase"] == "start-up")  # at once: the rank is alive
         beat.phase("measured steps", 500)
-        deadline = time.monotonic() + 5
-        while not written and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert written[0] == (channel.key, {"phase": "measured steps", "done": 0, "steps": 500})
+        note = _wait_for(written, lambda note: note["phase"] == "measured steps")
+        assert {k: note[k] for k in ("rank", "phase", "done", "steps")} == {
+            "rank": 1,
+            "phase": "measured steps",
+            "done": 0,
+            "steps": 500,
+        }
+        assert note["pid"] == os.getpid() and note["host"] == socket.gethostname()
         beat.step(120)
-        while written[-1][1]["done"] != 120 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert written[-1][1] == {"phase": "measured steps", "done": 120, "steps": 500}
+        assert _wait_for(written, lambda note: note["done"] == 120)["steps"] == 500
+        count = len(written)
+        time.sleep(0.3)
+        assert len(written) > count  # it keeps beating while nothing changes
     count = len(written)
     time.sleep(0.2)
     assert len(written) == count  # the thread stopped with the worker's work
 
 
-def test_heartbeat_without_a_channel_writes_nothing_and_starts_no_thread():
-    with Heartbeat(None, put=lambda key, value: pytest.fail("wrote without a channel")) as beat:
+def test_heartbeat_without_a_channel_sends_nothing_and_starts_no_thread():
+    with Heartbeat(None, send=lambda note: pytest.fail("sent without a channel")) as beat:
         beat.phase("warm-up", 2)
         beat.step(1)
         assert beat._thread is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shutil
 import subprocess
@@ -22,15 +24,19 @@ def chromium() -> str:
     return found
 
 
-@pytest.fixture
-def report(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """The report of one small study, written once by the summary CLI for the tests to read."""
+    root = tmp_path_factory.mktemp("report")
     rows = repeats([10, 12], num_workers=1) + repeats([19, 21], num_workers=2)
     # At 4 workers the loss did not fall (first_loss is 30): the report must flag it.
     rows += repeats([33, 37], num_workers=4, final_loss=31.0)
-    write_study(tmp_path, rows)
-    assert main([str(tmp_path / "s"), "--html"]) == 0
-    assert "report.html" in capsys.readouterr().out
-    return tmp_path / "s" / SUMMARY_DIR / "report.html"
+    write_study(root, rows)
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        assert main([str(root / "s"), "--html"]) == 0
+    assert "report.html" in said.getvalue()
+    return root / "s" / SUMMARY_DIR / "report.html"
 
 
 def test_report_is_one_self_contained_file(report):

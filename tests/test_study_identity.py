@@ -1,13 +1,11 @@
 """Result identity on real CPU studies: groups by value, resume by value, stable ids, kept attempts.
 
-One embedded Ray for the module and one small study (4 trials of the tiny model) that the checks share;
+The session's shared embedded Ray and one small study (2 trials of the tiny model) that the checks share;
 the checks that need no trial to run (reordered keys, changed settings, another machine) plan against
 its results, probing the embedded cluster for what the trials would run on now.
 """
 
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pyarrow as pa
@@ -15,13 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.ray_helpers import TINY_STUDY_MODEL, embedded_ray
+from tests.ray_helpers import TINY_STUDY_MODEL, run_cli, start_shared_ray
 from tinyfold_ray.device import cpu_name
 from tinyfold_ray.errors import StudySpecError
 from tinyfold_ray.results import load_results, summarize
 from tinyfold_ray.results.schema import IDENTITY_COLUMNS
 from tinyfold_ray.results.writer import existing_trials
 from tinyfold_ray.study import expand, load_study
+from tinyfold_ray.study.cli import main as study_main
 from tinyfold_ray.study.identity import probe
 from tinyfold_ray.study.runner import as_run, plan, run_study
 
@@ -32,7 +31,9 @@ STUDY = {
     "resources": {"device": "cpu", "cpus_per_worker": 0.5},
     "model": TINY_STUDY_MODEL,
     "train": {"num_steps": 2, "warmup_steps": 2},
-    "sweep": {"learning_rate": [1e-3, 3e-4], "num_workers": [1, 2]},
+    # One worker count: each group's speedups over its own baseline are test_summary.py's (on rows
+    # like these), and a real study's speedup is test_study_run.py's.
+    "sweep": {"learning_rate": [1e-3, 3e-4], "num_workers": [1]},
 }
 
 
@@ -49,33 +50,32 @@ def run(path, out):
     return todo, report
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    with embedded_ray(num_cpus=3):
-        yield
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 @pytest.fixture(scope="module")
-def lr_study(ray_cluster, tmp_path_factory):
-    """The learning-rate x worker-count study, run once; (its directory, results root)."""
+def lr_study(tmp_path_factory):
+    """The learning-rate study, run once; (its directory, results root)."""
+    start_shared_ray()  # set up before the tests' own `ray_cluster`
     tmp = tmp_path_factory.mktemp("lr")
     out = tmp / "results"
     _, report = run(write(tmp, STUDY), out)
-    assert len(report.ok) == 4, report
+    assert len(report.ok) == 2, report
     return tmp, out
 
 
-def test_a_learning_rate_sweep_is_two_groups_with_their_own_speedups(lr_study):
+def test_a_learning_rate_sweep_is_two_groups_each_on_its_own_baseline(lr_study):
     _, out = lr_study
     trials = load_results(out / "lr")
     assert sorted(trials.learning_rate.unique()) == [3e-4, 1e-3]
-    assert trials.config_hash.nunique() == 4 and trials.attempt.eq(1).all()
+    assert trials.config_hash.nunique() == 2 and trials.attempt.eq(1).all()
     summary = summarize(trials).set_index(["group", "num_workers"])
     assert sorted(summary.index.unique("group")) == ["learning_rate=0.0003", "learning_rate=0.001"]
     for lr, group in trials.groupby("learning_rate"):
-        thr = group.set_index("num_workers").throughput_samples_per_sec
-        row = summary.loc[(f"learning_rate={lr}", 2)]
-        assert row.n == 1 and row.speedup == pytest.approx(thr[2] / thr[1])
+        row = summary.loc[(f"learning_rate={lr}", 1)]
+        # Its own trial only, not averaged with the other learning rate's.
+        assert row.n == 1 and row.speedup == 1.0
+        assert row.throughput_samples_per_sec_mean == pytest.approx(group.throughput_samples_per_sec.iloc[0])
 
 
 def test_reordered_sweep_keys_resume_every_trial(lr_study):
@@ -84,7 +84,7 @@ def test_reordered_sweep_keys_resume_every_trial(lr_study):
     reordered = dict(reversed(reordered.items()))  # top-level keys too
     # The real probe runs here: the same machine and software, so every trial is kept.
     todo, finished = plan(load_study(write(tmp, reordered, "reordered.yaml")), str(out))
-    assert todo == [] and len(finished) == 4
+    assert todo == [] and len(finished) == 2
 
 
 def test_the_probe_answers_what_the_trials_recorded_and_rows_record_their_run_order(lr_study):
@@ -119,7 +119,7 @@ def test_a_study_resumed_on_another_machine_is_refused_unless_rerun(lr_study):
     assert [t.trial_id for t in plan(spec, str(moved), rerun=True)[0]] == [t.trial_id for t in expand(spec)]
 
 
-def test_a_changed_fixed_setting_is_refused_before_anything_starts(lr_study):
+def test_a_changed_fixed_setting_is_refused_before_anything_starts(lr_study, capsys):
     tmp, out = lr_study
     changed = {
         **STUDY,
@@ -128,24 +128,17 @@ def test_a_changed_fixed_setting_is_refused_before_anything_starts(lr_study):
     }
     path = write(tmp, changed, "changed.yaml")
     before = sorted(p.name for p in (out / "lr").rglob("*"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "tinyfold_ray.study", str(path), "--output", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    code, stdout, stderr = run_cli(
+        "tinyfold_ray.study", study_main, [str(path), "--output", str(out)], capsys
     )
-    assert proc.returncode == 2 and proc.stdout == ""  # nothing connected, nothing ran
-    assert proc.stderr.count("\n") == 1, proc.stderr
-    assert (
-        "4 finished trial(s)" in proc.stderr
-        and "c_z 8 -> 16" in proc.stderr
-        and "num_steps 2 -> 3" in proc.stderr
-    )
-    assert "--rerun" in proc.stderr and "new name or --output" in proc.stderr
+    assert code == 2 and stdout == ""  # nothing connected, nothing ran
+    assert stderr.count("\n") == 1, stderr
+    assert "2 finished trial(s)" in stderr and "c_z 8 -> 16" in stderr and "num_steps 2 -> 3" in stderr
+    assert "--rerun" in stderr and "new name or --output" in stderr
     assert sorted(p.name for p in (out / "lr").rglob("*")) == before
 
 
-def test_rerunning_a_failed_trial_keeps_both_attempts(ray_cluster, tmp_path):
+def test_rerunning_a_failed_trial_keeps_both_attempts(tmp_path):
     # A worker resource no node has: the trial fails at its placement check, quickly, as a real study's
     # trial does when the cluster shrank after the study's up-front check.
     study = {**STUDY, "name": "fails", "sweep": {"num_workers": [1]}}

@@ -1,16 +1,16 @@
 """Study files: validation before anything starts, and sweep expansion. No Ray here."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.ray_helpers import run_cli
 from tinyfold_ray.errors import StudySpecError
 from tinyfold_ray.results.schema import config_hash, config_values
 from tinyfold_ray.study import expand, load_study, parse_study
+from tinyfold_ray.study.cli import main as study_main
 from tinyfold_ray.study.resume import changed_settings
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
@@ -85,15 +85,18 @@ def test_messages_are_distinct():
     assert len(messages) == len(MISTAKES)
 
 
-def test_cli_rejects_a_bad_file_in_one_line_without_starting_ray(tmp_path):
+def study_cli(path: Path, capsys) -> tuple[int, str, str]:
+    """`python -m tinyfold_ray.study PATH`, called in this process."""
+    return run_cli("tinyfold_ray.study", study_main, [str(path)], capsys)
+
+
+def test_cli_rejects_a_bad_file_in_one_line_without_starting_ray(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nsweep: {num_workers: [1, 2]}\nrepeats: [1\n")  # broken YAML
-    proc = subprocess.run(
-        [sys.executable, "-m", "tinyfold_ray.study", str(path)], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "not valid YAML" in proc.stderr
-    assert "Ray" not in proc.stdout  # nothing connected or started
+    code, out, err = study_cli(path, capsys)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "not valid YAML" in err
+    assert "Ray" not in out  # nothing connected or started
 
 
 def test_yaml_is_loaded_safely(tmp_path):
@@ -198,20 +201,15 @@ def test_unreadable_files_and_absurd_numbers_are_one_line(tmp_path, name):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_cli_exits_2_with_one_line_for_each_kind_of_bad_file_before_ray(tmp_path):
+def test_cli_exits_2_with_one_line_for_each_kind_of_bad_file_before_ray(tmp_path, capsys):
     cases = [DUPLICATES["sweep"], UNREADABLE["binary"], UNREADABLE["NUL byte"], UNREADABLE["huge repeats"]]
     for i, (content, message) in enumerate(cases):
         path = tmp_path / f"bad{i}.yaml"
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
-        proc = subprocess.run(
-            [sys.executable, "-m", "tinyfold_ray.study", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.count("\n") == 1 and message in proc.stderr and str(path) in proc.stderr
-        assert proc.stdout == ""  # nothing started
+        code, out, err = study_cli(path, capsys)
+        assert code == 2, err
+        assert err.count("\n") == 1 and message in err and str(path) in err
+        assert out == ""  # nothing started
 
 
 RANGES = [

@@ -1,14 +1,14 @@
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from tests.ray_helpers import run_cli
 from tinyfold_ray.config import TrainConfig, tiny_model_config
 from tinyfold_ray.data import SyntheticData
 from tinyfold_ray.errors import TrainingError
+from tinyfold_ray.train.cli import main as train_main
 from tinyfold_ray.train.loop import run_timed_loop
 from tinyfold_ray.train.single import train_single
 from tinyfold_ray.train.step import build_training
@@ -83,18 +83,20 @@ def test_throughput_uses_the_slowest_rank_of_each_step():
     assert stats["throughput_mean_samples_per_sec"] == pytest.approx(8 / (7 / 3))
 
 
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "tinyfold_ray.train", *args], capture_output=True, text=True, timeout=300
-    )
+@pytest.fixture
+def cli(capsys):
+    """`python -m tinyfold_ray.train ARGS`, called in this process: (exit code, stdout, stderr)."""
+    return lambda *args: run_cli("tinyfold_ray.train", train_main, list(args), capsys)
 
 
-def test_cli_writes_json_with_the_documented_keys(tmp_path):
+def test_cli_writes_json_with_the_documented_keys(tmp_path, cli):
     out = tmp_path / "run.json"
     small = ["--msa-dim", "16", "--pair-dim", "16", "--num-blocks", "1", "--seq-len", "12", "--num-seqs", "4"]
-    proc = _cli(*small, "--batch-size", "2", "--num-steps", "3", "--warmup-steps", "1", "--json", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert "samples/s" in proc.stdout
+    code, stdout, stderr = cli(
+        *small, "--batch-size", "2", "--num-steps", "3", "--warmup-steps", "1", "--json", str(out)
+    )
+    assert code == 0, stderr
+    assert "samples/s" in stdout
     run = json.loads(out.read_text())
     for key in ("num_params", "throughput_samples_per_sec", "step_time_median_s", "first_loss", "last_loss"):
         assert key in run
@@ -112,40 +114,18 @@ def test_cli_writes_json_with_the_documented_keys(tmp_path):
         (["--msa-dim", "30"], "c_m=30"),
     ],
 )
-def test_cli_bad_flags_give_one_line_and_exit_2(args, message):
-    proc = _cli(*args)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_cli_bad_flags_give_one_line_and_exit_2(args, message, cli):
+    code, _, stderr = cli(*args)  # anything but a user error would raise here, a traceback there
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], stderr
 
 
-def test_cli_validate_setup_runs_ray_train_workers_and_reports_each_rank():
-    proc = _cli("--validate-setup", "--device", "cpu", "--workers", "2")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
-    assert "2 Ray Train worker(s)" in out and "collectives gloo" in out
-    rank_rows = [line.split() for line in out.splitlines() if line[:2] in ("0 ", "1 ")]
-    assert [row[0] for row in rank_rows] == ["0", "1"]
-    assert "all-reduce: sum over 2 rank(s) correct" in out
-    assert "DDP: 3 steps on 2 rank(s)" in out
-    assert "bus bandwidth, gradient buffer (10.1 MiB)" in out and "bus bandwidth, large buffer" in out
-    assert out.rstrip().endswith("setup OK")
-
-
-@pytest.mark.slow  # starts Ray for one line; find_problems' lines are unit-tested in test_gpu_path.py
-def test_cli_validate_setup_exits_1_with_one_line_per_problem():
-    proc = _cli("--validate-setup", "--device", "cpu", "--workers", "64")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    problems = [line for line in proc.stdout.splitlines() if line.startswith("problem: ")]
-    assert len(problems) == 1 and "cannot place the workers: 64 workers" in problems[0]
-
-
-def test_asking_for_a_gpu_that_is_not_there_is_a_user_error():
+def test_asking_for_a_gpu_that_is_not_there_is_a_user_error(cli):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    proc = _cli("--device", "cuda", "--num-steps", "1")
-    assert proc.returncode == 2 and "not available here" in proc.stderr
+    code, _, stderr = cli("--device", "cuda", "--num-steps", "1")
+    assert code == 2 and "not available here" in stderr
 
 
 FAST_PATHS = [
@@ -161,3 +141,23 @@ def test_fast_paths_keep_the_losses_of_the_plain_path(setting, rtol):
     plain = train_single(SMALL, base, "cpu")["losses"]
     fast = train_single(SMALL, TrainConfig(**{**base.__dict__, **setting}), "cpu")["losses"]
     assert fast == pytest.approx(plain, rel=rtol)
+
+
+# Last in this file: they share the session's Ray with tests/test_trial.py, which runs next.
+def test_cli_validate_setup_runs_ray_train_workers_and_reports_each_rank(cli, ray_cluster):
+    code, out, stderr = cli("--validate-setup", "--device", "cpu", "--workers", "2")
+    assert code == 0, out + stderr
+    assert "2 Ray Train worker(s)" in out and "collectives gloo" in out
+    rank_rows = [line.split() for line in out.splitlines() if line[:2] in ("0 ", "1 ")]
+    assert [row[0] for row in rank_rows] == ["0", "1"]
+    assert "all-reduce: sum over 2 rank(s) correct" in out
+    assert "DDP: 3 steps on 2 rank(s)" in out
+    assert "bus bandwidth, gradient buffer (10.1 MiB)" in out and "bus bandwidth, large buffer" in out
+    assert out.rstrip().endswith("setup OK")
+
+
+def test_cli_validate_setup_exits_1_with_one_line_per_problem(cli, ray_cluster):
+    code, out, stderr = cli("--validate-setup", "--device", "cpu", "--workers", "64")
+    assert code == 1, out + stderr
+    problems = [line for line in out.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 1 and "cannot place the workers: 64 workers" in problems[0]

@@ -1,4 +1,4 @@
-"""One trial on Ray Train with CPU workers (gloo)."""
+"""One trial on Ray Train with CPU workers (gloo): its row and steps, DDP itself, a straggler, failures."""
 
 import json
 import os
@@ -10,21 +10,30 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL, embedded_ray
-from tinyfold_ray.config import DDPConfig, TrainConfig, TrialSpec
+from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL, start_shared_ray
+from tinyfold_ray.config import DDP_WARMUP_STEPS, TrainConfig, TrialSpec
 from tinyfold_ray.flops import train_flops_per_sample
+from tinyfold_ray.results import load_results, summarize
+from tinyfold_ray.results.scaling_model import add_predictions
 from tinyfold_ray.results.schema import PHASE_COLUMNS, STEP_COLUMNS, TRIAL_COLUMNS
 from tinyfold_ray.train.trial import run_trial
 
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # the session's shared embedded Ray
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    with embedded_ray(num_cpus=3):
-        yield
+SLOW_RANK = 1
+# Several times a forward + backward of SMALL_MODEL at batch 2 on one thread (about 20 ms here), so the
+# slow rank's compute is about twice the other's whatever the machine's noise.
+DELAY_S = 0.15
+STRAGGLER_TRAINING = TrainConfig(batch_size=2, num_steps=6, warmup_steps=DDP_WARMUP_STEPS, num_threads=1)
+
+
+# Read by every rank of the two-rank fit below: the driver's collective variables and the study's env.
+ENV_PROBE = ("NCCL_SOCKET_IFNAME", "TF_STUDY_ONLY", "CUDA_VISIBLE_DEVICES")
 
 
 def _ddp_probe(config):
-    """Each rank trains on its slice of shared batches; returns losses and flattened parameters."""
+    """Each rank trains on its slice of shared batches; returns every rank's losses, flattened
+    parameters and the ENV_PROBE variables it sees."""
     import ray.train
     import torch
     import torch.distributed as dist
@@ -33,41 +42,52 @@ def _ddp_probe(config):
     from tinyfold_ray.train.step import build_training
     from tinyfold_ray.train.worker import ddp_wrapper
 
+    spec = config["spec"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    b, cpu = config["batch"], torch.device("cpu")
-    training = build_training(
-        config["model"], config["train"], cpu, rank=rank, wrap_model=ddp_wrapper(DDPConfig(), cpu)
-    )
+    b, cpu = spec.train.batch_size, torch.device("cpu")
+    training = build_training(spec.model, spec.train, cpu, rank=rank, wrap_model=ddp_wrapper(spec.ddp, cpu))
     generator = torch.Generator().manual_seed(123)
     losses = []
     for _ in range(3):
-        full = make_batch(config["model"], b * world, generator, cpu)
+        full = make_batch(spec.model, b * world, generator, cpu)
         losses.append(float(training.step(tuple(t[rank * b : (rank + 1) * b] for t in full))))
     params = torch.cat([p.detach().flatten() for p in training.model.parameters()])
+    env = {name: os.environ.get(name) for name in ENV_PROBE}
     everyone = [None] * world
-    dist.all_gather_object(everyone, {"losses": losses, "params": params.tolist()})
+    dist.all_gather_object(everyone, {"losses": losses, "params": params.tolist(), "env": env})
     return everyone
 
 
-def _fit_probe(num_workers, batch):
-    from ray.train import ScalingConfig
-    from ray.train.torch import TorchTrainer
+@pytest.fixture(scope="module")
+def two_ranks():
+    """One fit of the trial's own trainer on two CPU ranks, running _ddp_probe; every rank's answer."""
+    from tinyfold_ray.train.trial import make_trainer
 
-    train = TrainConfig(batch_size=batch, num_steps=1, warmup_steps=0, learning_rate=1e-2, num_threads=1)
-    trainer = TorchTrainer(
-        _ddp_probe,
-        train_loop_config={"model": SMALL_MODEL, "train": train, "batch": batch},
-        scaling_config=ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": 1}),
+    start_shared_ray()  # set up before the tests' own `ray_cluster`
+    train = TrainConfig(
+        batch_size=2, num_steps=1, warmup_steps=DDP_WARMUP_STEPS, learning_rate=1e-2, num_threads=1
     )
-    return trainer.fit().return_value
+    spec = TrialSpec(
+        study="unit",
+        trial_id="probe",
+        num_workers=2,
+        model=SMALL_MODEL,
+        train=train,
+        env={"TF_STUDY_ONLY": "yes"},
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        # Set after Ray started, so a worker can only have them through the trainer's runtime environment.
+        mp.setenv("NCCL_SOCKET_IFNAME", "tf-test0")
+        mp.setenv("CUDA_VISIBLE_DEVICES", "7")
+        return make_trainer(spec, False, train_fn=_ddp_probe).fit().return_value
 
 
-def test_ddp_averages_gradients_like_one_worker_with_the_whole_batch():
+def test_ddp_averages_gradients_like_one_worker_with_the_whole_batch(two_ranks):
     from tinyfold_ray.data import make_batch
     from tinyfold_ray.train.step import build_training
 
-    two = _fit_probe(num_workers=2, batch=2)
+    two = two_ranks
     # Reference without Ray or DDP: one process, the whole batch of 4.
     cpu = torch.device("cpu")
     train = TrainConfig(batch_size=4, num_steps=1, warmup_steps=0, learning_rate=1e-2, num_threads=1)
@@ -91,21 +111,52 @@ def test_ddp_averages_gradients_like_one_worker_with_the_whole_batch():
     assert not torch.allclose(init, single_params)
 
 
-def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_path, monkeypatch):
-    monkeypatch.setenv("NCCL_DEBUG", "WARN")
+class Sleepy(torch.nn.Module):
+    """The model behind a fixed wait before every forward: a rank on a slower device."""
+
+    def __init__(self, model: torch.nn.Module, delay_s: float):
+        super().__init__()
+        self.model, self.delay_s = model, delay_s
+
+    def forward(self, *inputs):
+        time.sleep(self.delay_s)
+        return self.model(*inputs)
+
+
+def slow_rank_worker(config):
+    """The trial's own worker function; on SLOW_RANK its model sleeps before each forward."""
+    import ray.train
+
+    from tinyfold_ray.train.worker import train_worker
+
+    slow = ray.train.get_context().get_world_rank() == SLOW_RANK
+    return train_worker(config, wrap_model=(lambda model: Sleepy(model, DELAY_S)) if slow else None)
+
+
+@pytest.fixture(scope="module")
+def two_rank_trial(tmp_path_factory):
+    """One profiled 2-rank trial whose rank SLOW_RANK computes slower; (its outcome, the output root)."""
+    start_shared_ray()  # set up before the tests' own `ray_cluster`
+    out = tmp_path_factory.mktemp("trial")
     spec = TrialSpec(
         study="unit",
         trial_id="w2",
         num_workers=2,
         model=SMALL_MODEL,
-        train=SHORT_TRAINING,
+        train=STRAGGLER_TRAINING,
         env={"GLOO_SOCKET_IFNAME": "lo"},
         profile=True,
     )
-    outcome = run_trial(spec, str(tmp_path), git_commit="abc123")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NCCL_DEBUG", "WARN")
+        return run_trial(spec, str(out), git_commit="abc123", train_fn=slow_rank_worker), out
+
+
+def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(two_rank_trial):
+    outcome, out = two_rank_trial
     assert outcome.ok, outcome.row["error"]
 
-    trials = pd.read_parquet(tmp_path / "unit")
+    trials = pd.read_parquet(out / "unit")
     assert list(trials.columns) == list(TRIAL_COLUMNS)
     row = trials.iloc[0]
     assert (row.status, row.num_workers, row.num_nodes, row.workers_per_node) == ("ok", 2, 1, 2)
@@ -124,9 +175,9 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_
     for col in ("throughput_samples_per_sec", "step_time_p95_s", "final_loss"):
         assert trials[col].dtype == "float64"
 
-    steps = pd.read_parquet(tmp_path / "unit" / "_steps")
+    steps = pd.read_parquet(out / "unit" / "_steps")
     assert list(steps.columns) == list(STEP_COLUMNS)
-    assert len(steps) == 2 * SHORT_TRAINING.num_steps
+    assert len(steps) == 2 * STRAGGLER_TRAINING.num_steps
     assert sorted(steps.world_rank.unique()) == [0, 1]
     assert steps.peak_memory_bytes.isna().all()  # per rank; CPU has no such counter
     # The trial's median step is the median over steps of the slowest rank.
@@ -150,7 +201,7 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_
     assert (references["nunique"] == 1).all() and (references["first"] > 0).all()
     assert row.load_imbalance == pytest.approx(references["first"].max() / references["first"].min())
     assert row.slowest_rank == references["first"].idxmax() and row.slowest_rank_host == socket.gethostname()
-    assert row.replica_divergence == 0.0  # DDP keeps the replicas' parameters identical
+    assert row.replica_divergence == 0.0  # DDP keeps the replicas' parameters identical (slow, not diverged)
     assert row.allreduce_latency_s >= 0 and row.allreduce_s_per_byte >= 0
     assert pd.isna(row.comm_library_version) and row.node_gpus == 0  # gloo on CPU workers
     assert row.flops_per_sample == train_flops_per_sample(SMALL_MODEL)
@@ -161,6 +212,25 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(tmp_
     traces = sorted(Path(row.profile_path).glob("rank*.json"))
     assert [t.name for t in traces] == ["rank0.json", "rank1.json"]
     assert all(json.loads(t.read_text())["traceEvents"] for t in traces)
+
+
+def test_a_slow_rank_is_named_as_a_straggler_not_as_an_exposed_all_reduce(two_rank_trial):
+    # Under DDP the fast rank waits for the slow one inside backward, so both ranks' step times are equal
+    # and the wait looks like an exposed all-reduce; only each rank's own compute reference tells them
+    # apart.
+    outcome, out = two_rank_trial
+    assert outcome.ok, outcome.row["error"]
+    row = outcome.row
+    assert row["load_imbalance"] > 1.1, row["load_imbalance"]
+    assert (row["slowest_rank"], row["slowest_rank_host"]) == (SLOW_RANK, socket.gethostname())
+
+    summary = summarize(load_results(out))
+    assert len(summary) == 1
+    note = summary["note"].iloc[0]
+    assert f"straggler: rank {SLOW_RANK} (" in note, note
+    dominant = add_predictions(summary)["dominant_loss"].iloc[0]
+    assert dominant.startswith(f"straggler rank {SLOW_RANK} ("), dominant
+    assert "all-reduce" not in dominant
 
 
 def test_a_worker_that_raises_gives_a_failed_row_with_the_reason(tmp_path):
@@ -190,27 +260,7 @@ def test_an_impossible_resource_request_fails_at_once_with_the_reason(tmp_path):
     assert set(pd.read_parquet(tmp_path / "unit").status) == {"failed"}
 
 
-def test_a_non_finite_loss_fails_the_trial(tmp_path):
-    wild = TrainConfig(batch_size=2, num_steps=10, warmup_steps=0, learning_rate=1e6)
-    spec = TrialSpec(study="unit", trial_id="nan", num_workers=1, model=SMALL_MODEL, train=wild)
-    outcome = run_trial(spec, str(tmp_path))
-    assert not outcome.ok and "loss became" in outcome.row["error"], outcome.row["error"]
-
-
-ENV_PROBE = ("NCCL_SOCKET_IFNAME", "TF_STUDY_ONLY", "CUDA_VISIBLE_DEVICES")
-
-
-def _report_env(config):
-    return {name: os.environ.get(name) for name in ENV_PROBE}
-
-
-def test_the_drivers_collective_variables_and_the_study_env_reach_the_workers(monkeypatch):
-    from tinyfold_ray.train.trial import make_trainer
-
-    # Set after Ray started, so a worker can only have it through the runtime environment.
-    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "tf-test0")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
-    spec = TrialSpec(study="unit", trial_id="env", env={"TF_STUDY_ONLY": "yes"})
-    seen = make_trainer(spec, False, train_fn=_report_env).fit().return_value
-    assert seen["NCCL_SOCKET_IFNAME"] == "tf-test0" and seen["TF_STUDY_ONLY"] == "yes"
-    assert seen["CUDA_VISIBLE_DEVICES"] != "7"
+def test_the_drivers_collective_variables_and_the_study_env_reach_every_worker(two_ranks):
+    for rank in two_ranks:
+        assert rank["env"]["NCCL_SOCKET_IFNAME"] == "tf-test0" and rank["env"]["TF_STUDY_ONLY"] == "yes"
+        assert rank["env"]["CUDA_VISIBLE_DEVICES"] != "7"  # device visibility is Ray's, per worker

@@ -39,7 +39,7 @@ BEGAN = [
 ]
 
 
-def _timed_outcome(began, *, error=None, steps=8):
+def _timed_outcome(began, *, error=None, steps=8, compile="none"):
     start = datetime.now(timezone.utc)
     records = [
         {
@@ -48,7 +48,8 @@ def _timed_outcome(began, *, error=None, steps=8):
         }
         for rank, offsets in enumerate(began)
     ]
-    spec = TrialSpec(num_workers=len(began), train=TrainConfig(num_steps=steps, batch_size=2))
+    train = TrainConfig(num_steps=steps, batch_size=2, warmup_steps=2, compile=compile)
+    spec = TrialSpec(num_workers=len(began), train=train)
     return build_outcome(spec, records, error, False, start, start, WALL_S, None)
 
 
@@ -73,6 +74,26 @@ def test_each_phase_ends_when_its_slowest_rank_begins_the_next_and_they_add_up_t
     assert row["overhead_s"] == pytest.approx(outside + row["overhead_other_s"])
     assert outcome.phases_s == {k: row[k] for k in PHASE_COLUMNS}
     assert set(expected) <= set(TRIAL_COLUMNS)
+
+
+def test_a_compiled_trial_records_what_its_warm_up_spent_beyond_a_normal_step():
+    # Two warm-up steps took 1.6 s on the slowest rank; a measured step takes STEP_S.
+    slow = [{**b, "measured": b["warmup"] + 1.6} for b in BEGAN]
+    assert _timed_outcome(slow, compile="default").row["compile_time_s"] == pytest.approx(1.6 - 2 * STEP_S)
+    assert _timed_outcome(slow).row["compile_time_s"] is None  # eager: nothing compiled
+    # A warm compile cache: the warm-up as fast as its steps, noise below that reads 0, never negative.
+    assert _timed_outcome(BEGAN, compile="default").row["compile_time_s"] == 0.0
+
+
+def test_a_graphed_step_has_no_breakdown_parts_never_zeros():
+    start = datetime.now(timezone.utc)
+    records = [_record(0, losses=[1.0] * 4, reference=None, common_loss=None)]
+    train = TrainConfig(num_steps=4, batch_size=2, warmup_steps=4, cuda_graph=True)
+    outcome = build_outcome(TrialSpec(device="cuda", train=train), records, None, True, start, start, 5.0, None)
+    parts = ("compute_time_median_s", "comm_exposed_median_s", "optimizer_time_median_s")
+    assert all(outcome.row[k] is None for k in parts)
+    assert all(r[k] is None for r in outcome.step_rows for k in trial.STEP_PARTS)
+    assert outcome.row["throughput_samples_per_sec"] > 0
 
 
 def test_a_failed_trial_has_no_phase_figures(tmp_path, monkeypatch):

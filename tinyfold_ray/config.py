@@ -337,6 +337,9 @@ class TrialSpec:
     """Longest wait for the worker group to start before the trial fails."""
     trial_timeout_s: float | None = None
     """Longest wall time of the whole trial (start-up to teardown); None = derived from its work."""
+    compile_cache: str | None = None
+    """torch.compile's cache folder on each worker's node (TORCHINDUCTOR_CACHE_DIR; `~` is that node's
+    home); None = torch's default, /tmp/torchinductor_<user>. Not a setting: results never depend on it."""
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
@@ -365,6 +368,8 @@ class TrialSpec:
             _require(self.trial_timeout_s > 0, "trial_timeout_s", self.trial_timeout_s, "must be > 0")
         if self.comm_backend is not None:
             _choice("comm_backend", self.comm_backend, ("nccl", "gloo"))
+        if self.compile_cache is not None:
+            _require(bool(self.compile_cache.strip()), "compile_cache", self.compile_cache, "must be a path")
         # DDP all-reduces gradients in autograd hooks outside the captured graphs, into bucket views
         # that alias gradient memory the graphs' replays overwrite: not a combination to time.
         _require(

@@ -30,14 +30,18 @@ class TrialFailedError(TinyFoldError, RuntimeError):
 
 
 class TrialTimeoutError(TrialFailedError):
-    """A trial ran past its time limit (raised for each rank still running at the deadline)."""
+    """A trial ran past its time limit: raised by each rank that finds the deadline passed between
+    steps or phases, naming the phase that ran out, the rank and its host."""
 
-    def __init__(self, limit_s: float):
-        super().__init__(limit_s)  # args carry limit_s, so the error pickles from the controller
-        self.limit_s = limit_s
+    def __init__(
+        self, limit_s: float, phase: str | None = None, rank: int | None = None, host: str | None = None
+    ):
+        super().__init__(limit_s, phase, rank, host)  # args carry every field, so the error pickles
+        self.limit_s, self.phase, self.rank, self.host = limit_s, phase, rank, host
 
     def __str__(self) -> str:
-        return f"the trial ran past its time limit of {self.limit_s:.0f} s"
+        where = f" in {self.phase} (rank {self.rank} on {self.host})" if self.phase else ""
+        return f"the trial ran past its time limit of {self.limit_s:.0f} s{where}"
 
 
 class StorageError(TinyFoldError, OSError):

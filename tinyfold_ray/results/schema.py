@@ -176,6 +176,9 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     # measured loop spends between step timings (next batch, loss checks), a few ms; with several ranks
     # it can dip below 0, as the steps' sum adds each step's slowest rank (and hosts' clocks differ).
     "overhead_other_s": _FLOAT,
+    # With torch.compile: warmup_s less warmup_steps median steps, i.e. what compiling cost this trial
+    # (tracing, compiling or loading the compile cache, autotuning, CUDA-graph recording); null without.
+    "compile_time_s": _FLOAT,
     "hostnames": _STR,  # comma-separated, sorted
     "torch_version": _STR,
     "ray_version": _STR,

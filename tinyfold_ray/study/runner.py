@@ -9,13 +9,13 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.errors import StudySpecError
+from tinyfold_ray.ray_session import environ_defaults
 from tinyfold_ray.results.storage import absolute_location, is_uri, join
 from tinyfold_ray.results.writer import existing_trials
 from tinyfold_ray.study.expand import expand
@@ -28,6 +28,13 @@ from tinyfold_ray.train.heartbeat import ProgressChannel, close_board, open_boar
 
 # Logical CPUs a Tune trial holds for its own driver (Tune refuses 0); the workers reserve their own.
 TRIAL_DRIVER_CPUS = 0.01
+# Tune reads these switches from the driver's environment when fit() starts and offers no other route,
+# so they are set for the fit only, unless the user set them. Tune's CSV, JSON and TensorBoard loggers
+# would write into the scratch folder that is removed at the end (the Parquet files are the results),
+# and importing TensorBoard's writer sets a variable of its own in this process.
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+# Tune's newer console output prints tables and boxes even at verbose=0; the legacy engine does not.
+LEGACY_TUNE_OUTPUT = {"RAY_AIR_NEW_OUTPUT": "0"}
 
 
 @dataclass
@@ -218,10 +225,8 @@ def run_study(
     """
     output = absolute_location(output)
     if not verbose:
-        # Tune's newer console output prints tables and boxes even at verbose=0; the legacy engine does
-        # not. Its warnings on interrupt ("Resume experiment with Tuner.restore...") would mislead:
+        # Tune's warnings on interrupt ("Resume experiment with Tuner.restore...") would mislead:
         # rerunning the study is how it resumes.
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
     from ray import tune
 
@@ -231,10 +236,10 @@ def run_study(
     specs = {t.trial_id: as_run(t) for t in todo}
     concurrent = concurrent or spec.max_concurrent_trials
     order = {t.trial_id: i for i, t in enumerate(todo, start=1)}
-    # One board per driver run (named uniquely, so two studies on one cluster never share one).
-    board_name = f"tinyfold-progress-{spec.name}-{uuid.uuid4().hex[:8]}"
-    board = open_board(board_name) if heartbeat_s else None
-    channels = {tid: ProgressChannel(board_name, tid, heartbeat_s) for tid in specs} if board else {}
+    # One board per driver run: every trial's ranks send their heartbeats there, for the trial's
+    # watchdog and these heartbeat lines.
+    board = open_board()
+    channels = {tid: ProgressChannel(board, tid) for tid in specs}
     time_left = TimeLeft(concurrent)
     started: dict[str, float] = {}  # running trial -> when it started (time.monotonic())
     beaten: dict[str, float] = {}  # running trial -> when its last heartbeat line was printed
@@ -318,13 +323,13 @@ def run_study(
         ),
     )
     try:
-        tuner.fit()
+        with environ_defaults({**TUNE_ENV, **({} if verbose else LEGACY_TUNE_OUTPUT)}):
+            tuner.fit()
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        if board is not None:
-            close_board(board)
+        close_board(board)
     if report.not_run and not report.interrupted:
         # Tune stops early on SIGINT without raising: trials that never reported did not run.
         report.interrupted = True

@@ -42,6 +42,7 @@ RESOURCE_FIELDS = {
     "extra": "resources_per_worker",
     "start_timeout_s": "start_timeout_s",
     "trial_timeout_s": "trial_timeout_s",
+    "compile_cache": "compile_cache",
 }
 FILE_KEY_OF = {f: k for k, f in RESOURCE_FIELDS.items()}
 # Sweep axes besides the model/train/ddp fields. batch_size is swept as batch_per_worker (weak) or
@@ -87,6 +88,8 @@ class StudySpec:
     start_timeout_s: float = 120.0
     trial_timeout_s: float | None = None
     """Wall-time limit of each trial; None = derived from the trial's work (train/faults.py)."""
+    compile_cache: str | None = None
+    """torch.compile's cache folder on every node (None: torch's default under /tmp)."""
     profile: bool = False
     """A torch.profiler trace per rank of every trial (a few steps after the measured ones)."""
     env: dict[str, str] = field(default_factory=dict)
@@ -128,6 +131,7 @@ def resolve(
         placement_strategy=settings.get("placement_strategy", spec.placement),
         start_timeout_s=spec.start_timeout_s,
         trial_timeout_s=spec.trial_timeout_s,
+        compile_cache=spec.compile_cache,
         profile=spec.profile,
         env=dict(spec.env),
         **{name: cls(**sections[name]) for name, cls in SECTIONS.items()},

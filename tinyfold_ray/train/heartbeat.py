@@ -1,63 +1,118 @@
-"""A running trial's progress, for the study's heartbeat lines: rank 0 writes it, the study driver reads it.
+"""Every rank's heartbeat: its phase, steps and whereabouts, on a small board actor (public Ray API).
 
-Rank 0 keeps what it does (phase, steps done of how many) in two attributes that the loop sets between
-steps; a background thread sends them to the study run's progress board (a small named actor, public
-Ray API, no CPU) when the phase changes and every `every_s` seconds, without waiting for an answer. The
-training thread never waits for it, so no step pays for a remote call or a host synchronisation, and the
-other ranks (which would wait for rank 0 in their next all-reduce) never notice. The driver reads the
-board on the same interval (study/runner.py) and removes it when the study ends.
+Each rank keeps what it does (phase, steps done of how many) in attributes that the loop sets between
+steps; a background thread sends them to the board when the phase changes and every `every_s` seconds,
+without waiting for an answer. The training thread never waits for it, so no step pays for a remote
+call or a host synchronisation, and no rank waits for another's note. The thread keeps beating while
+its training thread is blocked in a collective; a stopped or dead process sends nothing, which is how
+the trial's watchdog (train/watchdog.py) tells a stuck rank from a waiting one.
+
+The board (ProgressBoard: one actor holding no CPU) keeps each rank's last note stamped with its own
+clock, so no two hosts' clocks are compared. A study run opens one for all its trials and reads rank
+0's note for its heartbeat lines (study/runner.py); a process that runs trials without a study opens
+one on its first trial and reuses it (`process_board`).
 """
 
 from __future__ import annotations
 
-import json
+import os
+import socket
+import statistics
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tinyfold_ray.errors import TrialTimeoutError
+from tinyfold_ray.train.phases import PhaseClock
+
+BEAT_S = 1.0
+"""Seconds between a rank's notes while a phase lasts (a phase change is sent at once)."""
+STEP_TIMES_KEPT = 64
+
 
 @dataclass(frozen=True)
 class ProgressChannel:
-    """Where one trial's rank 0 reports its progress, and how often."""
+    """Where one trial's ranks send their notes, and its time limit."""
 
-    board: str
-    """Name of the study run's ProgressBoard actor (one per driver run: a killed driver's is gone)."""
+    board: Any
+    """The ProgressBoard actor's handle (one per study run, or per process running trials)."""
     key: str
-    """This trial's note on the board."""
-    every_s: float
-    """Seconds between writes while a phase lasts (a phase change is written at once)."""
+    """The trial's key on the board (its trial_id): the study's heartbeat lines read rank 0's note."""
+    every_s: float = BEAT_S
+    run: str = ""
+    """This fit's run name (one per attempt of the trial): the watchdog reads the ranks under it."""
+    deadline: float | None = None
+    """Epoch seconds past which a rank raises TrialTimeoutError between steps and phases."""
+    limit_s: float | None = None
+    """The time limit the deadline comes from, for the reason."""
 
 
 class Heartbeat:
-    """Rank 0's progress note; a no-op without a channel (other ranks, or no study driver listening).
+    """One rank's notes; a no-op without a channel. Use as a context manager around the worker's work.
 
-    Use as a context manager around the worker's work: the thread starts on entry and stops on exit.
-    `put` (for tests) replaces the send to the progress board.
+    `send` (for tests) replaces the send to the board; it gets each note as a dict.
     """
 
-    def __init__(self, channel: ProgressChannel | None, put: Callable[[str, str], None] | None = None):
+    def __init__(
+        self,
+        channel: ProgressChannel | None,
+        rank: int = 0,
+        send: Callable[[dict[str, Any]], None] | None = None,
+        now: float | None = None,
+    ):
         self.channel = channel
-        self._put = put or (_board_sender(channel.board) if channel is not None else None)
-        self._phase: tuple[str, int | None] = ("start-up", None)
+        self.rank = rank
+        self.clock = PhaseClock(now)
+        self._send = send or (_board_sender(channel, rank) if channel is not None else None)
+        self._phase: tuple[str, int | None] = (self.clock.current, None)
         self._done = 0
+        self.where: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     def phase(self, name: str, steps: int | None = None) -> None:
-        """Enter phase `name`, of `steps` steps if it counts them; written at once."""
-        self._done = 0  # before the phase, so that a write in between never pairs old steps with it
+        """Enter phase `name` (of `steps` steps if it counts them): its start time is recorded and the
+        note sent at once. Raises TrialTimeoutError, naming the phase that ran out, past the deadline."""
+        self._check_deadline()
+        self.clock.enter(name)
+        self._done = 0  # before the phase, so that a note in between never pairs old steps with it
         self._phase = (name, steps)
         self._wake.set()
 
     def step(self, done: int) -> None:
-        """`done` steps of the current phase are finished. Called between steps: one attribute store."""
+        """`done` steps of the current phase are finished. Called between steps: one store, one clock
+        read."""
         self._done = done
+        self._check_deadline()
+
+    def locate(self, **where: Any) -> None:
+        """Where this rank runs (host, node_id, device ...), sent with its notes from now on."""
+        self.where.update(where)
+        self._wake.set()
+
+    def times(self) -> dict[str, float]:
+        return self.clock.times()
 
     def note(self) -> dict[str, Any]:
         name, steps = self._phase
-        return {"phase": name, "done": self._done if steps else None, "steps": steps}
+        return {
+            "rank": self.rank,
+            "phase": name,
+            "done": self._done if steps else None,
+            "steps": steps,
+            **self.where,
+        }
+
+    def _check_deadline(self) -> None:
+        channel = self.channel
+        if channel is not None and channel.deadline is not None and time.time() >= channel.deadline:
+            raise TrialTimeoutError(
+                channel.limit_s or 0.0, phase=self._phase[0], rank=self.rank, host=self.where["host"]
+            )
 
     def __enter__(self) -> Heartbeat:
         if self.channel is not None:
@@ -69,40 +124,127 @@ class Heartbeat:
         if self._thread is not None:
             self._stopping = True
             self._wake.set()
-            # A write in flight takes milliseconds; the daemon thread cannot outlive the worker anyway.
+            # A send takes milliseconds; the daemon thread cannot outlive the worker anyway.
             self._thread.join(timeout=2.0)
 
     def _run(self) -> None:
         assert self.channel is not None
         while True:
+            try:
+                self._send(self.note())
+            except Exception:  # noqa: BLE001 - a heartbeat never fails a trial
+                pass
             self._wake.wait(self.channel.every_s)
             self._wake.clear()
             if self._stopping:
                 return
-            try:
-                self._put(self.channel.key, json.dumps(self.note()))
-            except Exception:  # noqa: BLE001 - a heartbeat never fails a trial
-                pass
+
+
+def _board_sender(channel: ProgressChannel, rank: int) -> Callable[[dict[str, Any]], None]:
+    """send(note) to the channel's board without waiting; the first note also carries this worker's
+    actor handle, which the watchdog kills when it ends the trial."""
+    first = True
+
+    def send(note: dict[str, Any]) -> None:
+        nonlocal first
+        actor = _this_actor() if first else None
+        channel.board.put.remote(channel.run, channel.key, rank, note, actor)
+        first = False
+
+    return send
+
+
+def _this_actor() -> Any:
+    """This worker's actor handle, or None outside an actor."""
+    import ray
+
+    try:
+        return ray.get_runtime_context().current_actor
+    except Exception:  # noqa: BLE001 - not an actor: nothing the watchdog could end
+        return None
 
 
 class ProgressBoard:
-    """The notes of a study run's running trials, by key: rank 0 of each trial writes, the driver reads."""
+    """Every running trial's ranks' last notes, stamped on arrival with the board's own clock.
+
+    For each rank it keeps when it last heard from it (`silent_s`), when its phase or step count last
+    moved (`stalled_s`), and the median time of its steps (`step_s`) from the step counts it saw move.
+    """
 
     def __init__(self) -> None:
-        self._notes: dict[str, str] = {}
+        self._runs: dict[str, dict[int, dict[str, Any]]] = {}
+        self._latest: dict[str, str] = {}  # trial key -> its current run
 
-    def put(self, key: str, value: str) -> None:
-        self._notes[key] = value
+    def put(self, run: str, key: str, rank: int, note: dict[str, Any], actor: Any = None) -> None:
+        now = time.monotonic()
+        self._latest[key] = run
+        ranks = self._runs.setdefault(run, {})
+        state = ranks.get(rank)
+        if state is None:
+            state = ranks[rank] = {"moved": now, "step_times": deque(maxlen=STEP_TIMES_KEPT), "actor": None}
+        old = state.get("note")
+        if old is None or (old["phase"], old["done"]) != (note["phase"], note["done"]):
+            if old is not None and old["phase"] == note["phase"] and note["done"] and old["done"] is not None:
+                # Steps of one phase finished since the last move: each took its share of the interval.
+                steps = note["done"] - old["done"]
+                state["step_times"].extend([(now - state["moved"]) / steps] * min(steps, STEP_TIMES_KEPT))
+            state["moved"] = now
+        state["note"], state["seen"] = note, now
+        if actor is not None:
+            state["actor"] = actor
 
-    def get(self, key: str) -> str | None:
-        return self._notes.get(key)
+    def ranks(self, run: str) -> dict[int, dict[str, Any]]:
+        """rank -> its last note, with `silent_s`, `stalled_s`, `step_s` (None before a step) and `actor`."""
+        now = time.monotonic()
+        return {
+            rank: {
+                **s["note"],
+                "silent_s": now - s["seen"],
+                "stalled_s": now - s["moved"],
+                "step_s": statistics.median(s["step_times"]) if s["step_times"] else None,
+                "actor": s["actor"],
+            }
+            for rank, s in self._runs.get(run, {}).items()
+        }
+
+    def trial(self, key: str) -> dict[int, dict[str, Any]]:
+        """`ranks` of the trial `key`'s current run."""
+        return self.ranks(self._latest.get(key, ""))
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """Rank 0's last note of the trial `key`'s current run."""
+        state = self._runs.get(self._latest.get(key, ""), {}).get(0)
+        return state["note"] if state else None
+
+    def forget(self, run: str) -> None:
+        self._runs.pop(run, None)
+        self._latest = {k: r for k, r in self._latest.items() if r != run}
 
 
-def open_board(name: str) -> Any:
-    """Start the study run's board (no CPU reserved; it dies with the driver that started it)."""
+def open_board() -> Any:
+    """Start a board (no CPU reserved; it dies with the process that started it)."""
     import ray
 
-    return ray.remote(num_cpus=0)(ProgressBoard).options(name=name).remote()
+    return ray.remote(num_cpus=0)(ProgressBoard).remote()
+
+
+# The handles keep the boards alive: Ray ends an unnamed actor when its last handle goes.
+_process_boards: dict[tuple[str, str], Any] = {}
+_process_boards_lock = threading.Lock()
+
+
+def process_board() -> Any:
+    """This process's board, started on first use: every trial this process runs outside a study shares
+    it, so no trial pays for starting an actor. One per Ray connection (its job on its cluster): a board
+    dies with the connection that started it."""
+    import ray
+
+    context = ray.get_runtime_context()
+    connection = (context.get_node_id(), context.get_job_id())
+    with _process_boards_lock:  # two threads' first trials (or a test's reader) must share one
+        if connection not in _process_boards:
+            _process_boards[connection] = open_board()
+        return _process_boards[connection]
 
 
 def close_board(board: Any) -> None:
@@ -111,27 +253,11 @@ def close_board(board: Any) -> None:
     ray.kill(board)
 
 
-def _board_sender(name: str) -> Callable[[str, str], None]:
-    """put(key, value) to the named board, without waiting for it (the actor is looked up once)."""
-    board = None
-
-    def put(key: str, value: str) -> None:
-        nonlocal board
-        if board is None:
-            import ray
-
-            board = ray.get_actor(name)
-        board.put.remote(key, value)
-
-    return put
-
-
 def read_progress(board: Any, key: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
-    """The last note written to `key` on `board`, or None (none yet, or the board did not answer)."""
+    """Rank 0's last note of trial `key`, or None (none yet, or the board did not answer)."""
     import ray
 
     try:
-        raw = ray.get(board.get.remote(key), timeout=timeout_s)
+        return ray.get(board.get.remote(key), timeout=timeout_s)
     except Exception:  # noqa: BLE001 - a missed heartbeat line is no error
         return None
-    return json.loads(raw) if raw else None

@@ -7,15 +7,18 @@ a reason naming the rank, host and cause (train/faults.py), never as a crash of 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import posixpath
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,17 +26,21 @@ import numpy as np
 
 from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.errors import StorageError, TrialFailedError
-from tinyfold_ray.flops import peak_tflops, train_flops_per_sample
+from tinyfold_ray.flops import utilization
+from tinyfold_ray.ray_session import environ_defaults
 from tinyfold_ray.results.safe_write import store_trial
 from tinyfold_ray.results.schema import PHASE_COLUMNS, PROFILES_DIR, config_hash, config_values
 from tinyfold_ray.results.storage import join
 from tinyfold_ray.train import faults
 from tinyfold_ray.train.environment import forwarded_env, recorded_env
-from tinyfold_ray.train.heartbeat import ProgressChannel
+from tinyfold_ray.train.heartbeat import ProgressChannel, process_board
+from tinyfold_ray.train.phases import TIMED_KEYS
 from tinyfold_ray.train.resources import alive_nodes, check_placement
 from tinyfold_ray.train.timing import loss_ends, step_stats
+from tinyfold_ray.train.watchdog import Watchdog
 
-# Read by the Train controller (Ray passes these variables on to it); set unless the user set them.
+# Read by the Train controller, which Ray Train gives these variables from the environment of the
+# process that calls fit(); the trial's trainer sets them for its fit only, unless the user set them.
 TRAIN_ENV = {
     # The controller notices that the workers finished on its next poll, so the interval is paid once at
     # a trial's end; each poll also takes a worker's GIL and the controller's CPU while the steps run.
@@ -49,8 +56,8 @@ TRAIN_ENV = {
 # default model took 5.91 s in a thread against 5.49 s on a main thread; with one arena 5.11 s against
 # 5.09 s. GPU runs allocate little on the host and do not notice.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "1"}
-# The phases each worker notes the beginning of (train/worker.py), in order.
-_WORKER_PHASES = ("build", "warmup", "measured", "reference", "profile", "probe", "teardown")
+# A measured step's parts, per rank and step (train/breakdown.py split_steps).
+STEP_PARTS = ("compute_time_s", "comm_exposed_s", "optimizer_time_s")
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)):\s*(.+)$")
 
 
@@ -135,7 +142,7 @@ def _store(outcome: TrialOutcome, output: str, fallback_root: str | None) -> Tri
 
 
 def _run_name(spec: TrialSpec) -> str:
-    """Unique per fit: it also keys the workers' phase notes (train/faults.py)."""
+    """Unique per fit: it also keys the ranks' notes on the heartbeat board (train/heartbeat.py)."""
     return f"tinyfold-{spec.study}-{spec.trial_id}-{uuid.uuid4().hex[:8]}"
 
 
@@ -147,27 +154,40 @@ def _fit(
     train_fn: Callable[[dict], Any] | None = None,
     progress: ProgressChannel | None = None,
 ) -> list[dict[str, Any]]:
-    """Every rank's record, by rank, each with `node_gpus`: its node's GPU count as Ray knows it."""
+    """Every rank's record, by rank, each with `node_gpus`: its node's GPU count as Ray knows it.
+
+    The ranks send their heartbeats to `progress`'s board (a study's), else to this process's own; the
+    watchdog reads them while the fit runs and ends a hung trial, or one its ranks cannot end at the
+    deadline (train/watchdog.py)."""
     name = _run_name(spec)
-    try:
-        trainer = make_trainer(
-            spec, use_gpu, train_fn, deadline=deadline, name=name, profile_dir=profile_dir, progress=progress
-        )
-        result = trainer.fit()
-    except Exception as e:
-        # Ray Train's worker-group error carries each failed rank's exception; the workers' notes add
-        # where each rank ran and what it was doing.
-        alive = {n["NodeID"] for n in _ray_nodes() if n.get("Alive")}
-        notes = faults.read_notes(name, spec.num_workers)
-        if faults.backstop_fired(name):
-            reason = faults.timeout_reason(faults.time_limit_s(spec, use_gpu), notes, spec.num_workers)
-        else:
-            reason = faults.describe_failure(e, notes, alive)
-        if reason is None:
-            raise
-        raise TrialFailedError(reason) from e
-    finally:
-        faults.clear_notes(name)
+    limit = faults.time_limit_s(spec, use_gpu)
+    channel = (
+        replace(progress, run=name, deadline=deadline, limit_s=limit)
+        if progress is not None
+        else ProgressChannel(process_board(), spec.trial_id, run=name, deadline=deadline, limit_s=limit)
+    )
+    with Watchdog(channel, spec.num_workers) as watchdog:
+        try:
+            trainer = make_trainer(
+                spec,
+                use_gpu,
+                train_fn,
+                deadline=deadline,
+                name=name,
+                profile_dir=profile_dir,
+                progress=channel,
+            )
+            result = trainer.fit()
+        except Exception as e:
+            if watchdog.verdict is not None:
+                raise TrialFailedError(watchdog.verdict) from e
+            # Ray Train's worker-group error carries each failed rank's exception; the ranks' notes add
+            # where each rank ran and what it was doing.
+            alive = {n["NodeID"] for n in _ray_nodes() if n.get("Alive")}
+            reason = faults.describe_failure(e, watchdog.notes(), alive)
+            if reason is None:
+                raise
+            raise TrialFailedError(reason) from e
     records = result.return_value
     assert records, "rank 0 returned no records"
     gpus = {n["NodeID"]: int(n.get("Resources", {}).get("GPU", 0)) for n in _ray_nodes()}
@@ -199,7 +219,7 @@ def make_trainer(
     writes its torch.profiler trace (None: no profile). `progress`: rank 0's heartbeat channel.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from tinyfold_ray.train.worker import train_worker
 
@@ -208,13 +228,11 @@ def make_trainer(
     deadline = deadline if deadline is not None else time.time() + limit
     # The worker group's start and the process group's collectives (TorchConfig.timeout_s, 1,800 s by
     # default) wait no longer than the trial may run.
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(min(spec.start_timeout_s, limit))
-    for variable, value in TRAIN_ENV.items():
-        os.environ.setdefault(variable, value)
+    start_timeout = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(min(spec.start_timeout_s, limit))}
 
     requested = requested_device(spec, use_gpu)
     comm = spec.comm_backend or ("nccl" if use_gpu else "gloo")
-    return TorchTrainer(
+    return _trial_trainer()(
         train_fn or train_worker,
         train_loop_config={
             "spec": spec,
@@ -232,12 +250,41 @@ def make_trainer(
         ),
         run_config=RunConfig(
             name=run_name,
+            storage_path=os.path.join(tempfile.gettempdir(), run_name),
             # No retries: a failed trial is a result, and a retry would time something else.
             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
-            worker_runtime_env={"env_vars": {**worker_env(spec), **WORKER_ENV}},
-            callbacks=[faults.make_time_limit_callback(deadline, limit, run_name)],
+            worker_runtime_env={"env_vars": {**worker_env(spec), **WORKER_ENV, **compile_cache_env(spec)}},
         ),
+        controller_env={**TRAIN_ENV, **start_timeout},
     )
+
+
+@functools.cache
+def _trial_trainer() -> type:
+    """TorchTrainer, with a fit() that leaves no trace in this process or its home directory.
+
+    Ray Train reads its controller's settings (TRAIN_ENV, the worker group's start timeout) only from
+    the environment of the process that calls fit(), when fit() starts the controller, and offers no
+    other route (its RunConfig and ScalingConfig have no such fields). So fit() sets the ones the user
+    did not set, and takes them back when it returns: nothing else in a trial's process reads them
+    meanwhile, and no two fits run at once in one process. Train's storage (a marker file per fit,
+    since trials keep no checkpoints) is a folder of the temporary directory, removed after the fit.
+    """
+    from ray.train.torch import TorchTrainer
+
+    class TrialTrainer(TorchTrainer):
+        def __init__(self, *args, controller_env: dict[str, str], **kwargs):
+            super().__init__(*args, **kwargs)
+            self.controller_env = controller_env
+
+        def fit(self):
+            try:
+                with environ_defaults(self.controller_env):
+                    return super().fit()
+            finally:
+                shutil.rmtree(self.run_config.storage_path, ignore_errors=True)
+
+    return TrialTrainer
 
 
 def requested_device(spec: TrialSpec, use_gpu: bool) -> str:
@@ -249,6 +296,18 @@ def worker_env(spec: TrialSpec) -> dict[str, str]:
     """The collective-library variables of this driver, then the study's `env:` over them: what every
     worker of the trial gets on top of its node's own environment (and what the trial records)."""
     return {**forwarded_env(os.environ), **spec.env}
+
+
+def compile_cache_env(spec: TrialSpec) -> dict[str, str]:
+    """torch.compile's cache folder for the workers, when the study names one. Ray expands `${HOME}`
+    on each worker's node, so `~` means that node's home. Not recorded with the trial's environment:
+    where the cache lives changes how long a compile takes, never what a step measures."""
+    if spec.compile_cache is None:
+        return {}
+    path = spec.compile_cache
+    if path == "~" or path.startswith("~/"):
+        path = "${HOME}" + path[1:]
+    return {"TORCHINDUCTOR_CACHE_DIR": path}
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -303,14 +362,14 @@ def build_outcome(
     if error or not records:
         return TrialOutcome(row=row, step_rows=[])
 
+    if spec.train.cuda_graph:
+        # One replayed graph has no marks between backward and the optimiser: its parts are unknown.
+        records = [{**r, **dict.fromkeys(STEP_PARTS, [None] * len(r["step_times_s"]))} for r in records]
     first = records[0]
     per_node = Counter(r["node_id"] for r in records)
     stats = step_stats([r["step_times_s"] for r in records], spec.global_batch)
     slowest_total = sum(max(times) for times in zip(*(r["step_times_s"] for r in records)))
     memories = [r["peak_memory_bytes"] for r in records if r["peak_memory_bytes"] is not None]
-    flops = train_flops_per_sample(spec.model)
-    achieved_tflops = flops * stats["throughput_samples_per_sec"] / 1e12
-    peak = peak_tflops(first["device_name"], spec.train.amp)
     # gloo collectives use no NCCL/RCCL, whatever library this torch was built with.
     comm_library = None if first["comm_backend"] == "gloo" else first["comm_library_version"]
     row.update(
@@ -330,10 +389,13 @@ def build_outcome(
             **breakdown_stats(records),
             **rank_balance(records),
             "replica_divergence": replica_divergence([r["common_batch_loss"] for r in records]),
-            "flops_per_sample": float(flops),
-            "achieved_tflops": achieved_tflops,
-            # Per device: a trial's throughput is shared by its GPUs.
-            "mfu": achieved_tflops / (peak * spec.num_workers) if peak else None,
+            **utilization(
+                spec.model,
+                stats["throughput_samples_per_sec"],
+                first["device_name"],
+                spec.train.amp,
+                spec.num_workers,
+            ),
             "profile_path": first["profile_path"] and posixpath.dirname(first["profile_path"]),
             "overhead_s": wall_time_s - slowest_total,
             **phase_times(records, started.timestamp(), wall_time_s, slowest_total),
@@ -346,6 +408,7 @@ def build_outcome(
             "node_gpus": max(r["node_gpus"] for r in records) if use_gpu else 0,
         }
     )
+    row["compile_time_s"] = compile_time_s(spec, row)
     step_rows = [
         {
             "study": spec.study,
@@ -380,11 +443,22 @@ def build_outcome(
     return TrialOutcome(row=row, step_rows=step_rows, phases_s=phases)
 
 
-def breakdown_stats(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Medians of the step breakdown over every (rank, step), the rank skew and the loss spread."""
+def compile_time_s(spec: TrialSpec, row: dict[str, Any]) -> float | None:
+    """The warm-up's time beyond its steps at the measured median step: what torch.compile spent
+    (tracing, compiling or loading its cache, autotuning, recording CUDA graphs). Null without
+    compile, or when the phases are unknown; never below 0 (a warm cache leaves noise)."""
+    if spec.train.compile == "none" or row.get("warmup_s") is None:
+        return None
+    return max(0.0, row["warmup_s"] - spec.train.warmup_steps * row["step_time_median_s"])
 
-    def median_of(key: str) -> float:
-        return float(np.median([v for r in records for v in r[key]]))
+
+def breakdown_stats(records: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Medians of the step breakdown over every (rank, step) (null where the parts are unknown), the
+    rank skew and the loss spread."""
+
+    def median_of(key: str) -> float | None:
+        values = [v for r in records for v in r[key]]
+        return None if None in values else float(np.median(values))
 
     times = np.asarray([r["step_times_s"] for r in records])  # [ranks, steps]
     mean_losses = np.asarray([np.mean(r["losses"]) for r in records])
@@ -440,7 +514,7 @@ def phase_times(
     if any("times" not in r for r in records):
         # A train function other than train_worker (run_trial's train_fn) notes no phases: null.
         return dict.fromkeys((*PHASE_COLUMNS, "reference_s", "probe_s", "overhead_other_s"))
-    began = {phase: max(r["times"][phase] for r in records) for phase in _WORKER_PHASES}
+    began = {phase: max(r["times"][phase] for r in records) for phase in TIMED_KEYS}
     edges = [start, *(began[p] for p in ("build", "warmup", "measured", "reference", "teardown"))]
     parts = dict(zip(PHASE_COLUMNS, np.diff([*edges, start + wall_time_s]).tolist()))
     return {

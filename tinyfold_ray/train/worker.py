@@ -3,14 +3,13 @@
 Reads top to bottom: context -> device -> model, data, DDP, optimiser -> warm-up -> measured steps ->
 this rank's compute reference -> replica check -> all-reduce probe -> gather every rank's record on
 rank 0. Rank 0 returns the records; they reach the driver as `Result.return_value`, so no per-step
-`ray.train.report` (a barrier) is needed. Rank 0 also keeps a heartbeat note of its phase and step for
-the study driver's progress lines (train/heartbeat.py), which no step waits for.
+`ray.train.report` (a barrier) is needed. Every rank keeps a heartbeat note of its phase and step
+(train/heartbeat.py), which no step waits for: the study's progress lines read rank 0's, the trial's
+watchdog all of them; the same note checks the trial's deadline between steps and phases.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -36,7 +35,6 @@ from tinyfold_ray.errors import TrialFailedError
 from tinyfold_ray.model import distance_loss
 from tinyfold_ray.train.allreduce_probe import probe_allreduce
 from tinyfold_ray.train.breakdown import compute_reference_s, split_steps
-from tinyfold_ray.train.faults import note_phase
 from tinyfold_ray.train.heartbeat import Heartbeat
 from tinyfold_ray.train.loop import run_timed_loop
 from tinyfold_ray.train.profile import save_profile
@@ -47,10 +45,13 @@ def train_worker(
     config: dict[str, Any], *, wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
 ) -> list[dict[str, Any]] | None:
     """`wrap_model`, for tests only (no study or TrialSpec key reaches it): wraps this rank's bare model
-    before DDP; tests/test_straggler.py slows one rank with it. `config["progress"]`: the channel of
-    rank 0's heartbeat (a ProgressChannel; absent or None: no heartbeat)."""
-    channel = config.get("progress") if ray.train.get_context().get_world_rank() == 0 else None
-    with Heartbeat(channel) as beat:
+    before DDP; tests/test_straggler.py slows one rank with it. `config["progress"]`: the trial's
+    heartbeat channel (a ProgressChannel; absent or None: no heartbeat and no deadline)."""
+    entered = time.time()
+    rank = ray.train.get_context().get_world_rank()
+    beat = Heartbeat(config.get("progress"), rank, now=entered)
+    beat.locate(node_id=ray.get_runtime_context().get_node_id())
+    with beat:
         return _train(config, beat, wrap_model)
 
 
@@ -59,24 +60,12 @@ def _train(
     beat: Heartbeat,
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None,
 ) -> list[dict[str, Any]] | None:
-    entered = time.time()
     spec: TrialSpec = config["spec"]
     ctx = ray.train.get_context()
     rank, local_rank, world = ctx.get_world_rank(), ctx.get_local_rank(), ctx.get_world_size()
-    where = {
-        "host": socket.gethostname(),
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "pid": os.getpid(),
-    }
-
-    def phase(name: str, steps: int | None = None) -> None:  # what a failure or time-out will name
-        note_phase(ctx.get_experiment_name(), rank, name, **where)
-        beat.phase(name, steps)
-
-    phase("build")
+    beat.phase("build")
     backend, device = worker_device(config["backend"], config["use_gpu"], local_rank)
-    where["device"] = str(device)
-    phase("build")  # again, now naming the device
+    beat.locate(device=str(device))
     train_cfg = spec.train
     if backend == "cpu" and train_cfg.num_threads is None:
         # A CPU worker gets as many threads as CPUs it reserved, so workers never oversubscribe cores.
@@ -87,13 +76,10 @@ def _train(
         return ddp_wrapper(spec.ddp, device)(model) if world > 1 else model
 
     training = build_training(spec.model, train_cfg, device, rank=rank, wrap_model=wrap)
-    # When each phase began, in epoch seconds on this host's clock (the driver's split: train/trial.py).
-    times = {"build": entered, "warmup": time.time()}
-    phase("warm-up", train_cfg.warmup_steps)
+    beat.phase("warm-up", train_cfg.warmup_steps)
 
     def after_warmup():
-        times["measured"] = time.time()
-        phase("measured steps", train_cfg.num_steps)
+        beat.phase("measured steps", train_cfg.num_steps)
         training.marks.clear()  # the breakdown covers the measured steps only
         if spec.fail_on_rank == rank:
             raise TrialFailedError(f"injected failure on rank {rank} (fail_on_rank)")
@@ -107,35 +93,31 @@ def _train(
         after_warmup=after_warmup,
         on_step=beat.step,
     )
-    times["reference"] = time.time()
     # After the measured steps, so that none of what follows touches them.
     reference_s = common_loss = None
     if world > 1:
-        phase("time breakdown")
+        beat.phase("time breakdown")
         reference_s = compute_reference_s(
             training.forward_backward, training.data.next_batch, training.model, device
         )
-        phase("replica check")  # the parameters the measured steps left: the reference does not step
+        beat.phase("replica check")  # the parameters the measured steps left: the reference does not step
         common_loss = common_batch_loss(
             training.model, spec.model, train_cfg.batch_size, train_cfg.seed, device
         )
-    times["profile"] = time.time()
     breakdown = split_steps(*training.marks.durations(), reference_s)
     profile_path = None
     if config.get("profile_dir"):
-        phase("profile")
+        beat.phase("profile")
         profile_path = save_profile(training.step, training.data.next_batch, config["profile_dir"], rank)
-    times["probe"] = time.time()
-    phase("all-reduce probe")
+    beat.phase("all-reduce probe")
     allreduce = probe_allreduce(training.num_params, device)
-    times["teardown"] = time.time()
-    phase("teardown")
+    beat.phase("teardown")
 
     record = {
         "world_rank": rank,
         "local_rank": local_rank,
-        "node_id": where["node_id"],
-        "hostname": where["host"],
+        "node_id": beat.where["node_id"],
+        "hostname": beat.where["host"],
         "device_name": device_name(device),
         "backend": backend,
         "comm_backend": comm_backends(backend)[1],
@@ -150,7 +132,8 @@ def _train(
         "peak_memory_bytes": result.peak_memory_bytes,
         **allreduce,
         **provenance(),
-        "times": times,
+        # When each phase began, in epoch seconds on this host's clock (the driver's split: trial.py).
+        "times": beat.times(),
     }
     records = [None] * dist.get_world_size() if rank == 0 else None
     dist.gather_object(record, records, dst=0)

@@ -1,0 +1,89 @@
+"""What starting Ray and running trials leave behind in the calling process and its home directory:
+nothing. The settings of the cluster, Train's controller and Tune travel in Ray's runtime environment or
+are set for one fit only, a user's own value of them still wins, and Train's storage is a temporary
+folder that is removed, so nothing accumulates in ~/ray_results."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from tests.ray_helpers import SHARED_CPUS, TINY_STUDY_MODEL, run_cli
+from tinyfold_ray.config import TrialSpec
+from tinyfold_ray.ray_session import EMBEDDED_TRAIN_ENV, connect
+from tinyfold_ray.study.cli import main as study_main
+from tinyfold_ray.train import faults
+from tinyfold_ray.train.trial import TRAIN_ENV, make_trainer
+
+START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+# What Train's controller runs with, as its ranks see it: they inherit the controller's environment.
+CONTROLLER_SETTINGS = (*TRAIN_ENV, START_TIMEOUT, *EMBEDDED_TRAIN_ENV)
+USERS_INTERVAL = "0.7"  # the user's own RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (the default is TRAIN_ENV's)
+
+
+def _report_settings(config):
+    return {name: os.environ.get(name) for name in CONTROLLER_SETTINGS}
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A home directory of the test's own, where ~/ray_results would appear."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("HOME", str(path))
+    return path
+
+
+def _one_trial_study(tmp_path: Path) -> Path:
+    study = {
+        "name": "side",
+        "resources": {"device": "cpu", "cpus_per_worker": 1},
+        "model": TINY_STUDY_MODEL,
+        "train": {"num_steps": 3, "warmup_steps": 2},
+        "sweep": {"num_workers": [1]},
+    }
+    path = tmp_path / "side.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_ray_a_trial_and_a_study_leave_the_environment_and_the_home_directory_as_they_were(
+    home, tmp_path, monkeypatch, capfd
+):
+    assert not ray.is_initialized(), "this test starts its own embedded Ray (conftest stops the shared one)"
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", USERS_INTERVAL)
+    before = dict(os.environ)
+    try:
+        connect(num_cpus=SHARED_CPUS)
+        assert dict(os.environ) == before
+        assert "Token authentication" not in capfd.readouterr().err  # the notice stays dropped
+
+        spec = TrialSpec(study="side", trial_id="env", start_timeout_s=41.0)
+        trainer = make_trainer(spec, False, train_fn=_report_settings)
+        seen = trainer.fit().return_value
+        assert dict(os.environ) == before
+        assert seen["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == USERS_INTERVAL
+        assert seen["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == TRAIN_ENV["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"]
+        assert float(seen[START_TIMEOUT]) == min(41.0, faults.time_limit_s(spec, False))
+        assert (
+            seen["TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"]
+            == EMBEDDED_TRAIN_ENV["TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"]
+        )
+        storage = Path(trainer.run_config.storage_path)
+        assert storage.parent == Path(tempfile.gettempdir()) and not storage.exists()
+
+        # A study run by its CLI in this process: Tune's settings are the fit's only, too.
+        code, _, err = run_cli(
+            "tinyfold_ray.study",
+            study_main,
+            [str(_one_trial_study(tmp_path)), "--output", str(tmp_path / "out")],
+            capfd,
+        )
+        assert code == 0, err[-3000:]
+        assert dict(os.environ) == before
+    finally:
+        ray.shutdown()
+    assert not (home / "ray_results").exists()
