@@ -156,8 +156,9 @@ def test_launcher_amd_and_nvidia_specifics():
     assert {"--device=/dev/kfd", "--device=/dev/dri"} <= set(amd["docker"]["worker_run_options"])
     assert amd["docker"]["disable_automatic_runtime_detection"] is True
     assert any("amd_smi" in c for c in amd["setup_commands"]), "Ray needs amdsmi to see AMD GPUs"
-    assert "nvidia" not in _uncommented(CLUSTER / "ray-cluster-mi300x.yaml").lower()
-    assert "/dev/kfd" not in (CLUSTER / "ray-cluster-h100.yaml").read_text()
+    assert not {"--device=/dev/kfd", "--device=/dev/dri"} & set(
+        nvidia["docker"].get("worker_run_options", [])
+    )
     assert not any("amd" in c for c in nvidia["setup_commands"])
 
 
@@ -221,16 +222,6 @@ def test_kuberay_gpu_resource_names(path):
             assert limits[wanted] == int(group["rayStartParams"]["num-gpus"]) == 8
         head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
         assert wanted not in head["resources"]["limits"]
-
-
-@pytest.mark.parametrize("gpu", ["h100", "mi300x"])
-def test_rayjob_runs_the_study(gpu):
-    (job,) = _docs(CLUSTER / "kuberay" / f"rayjob-{gpu}.yaml")
-    assert job["kind"] == "RayJob"
-    assert job["spec"]["entrypoint"].startswith(
-        f"python -m tinyfold_ray.study /opt/tinyfold-ray/studies/{gpu}.yaml"
-    )
-    assert job["spec"]["shutdownAfterJobFinishes"] is True
 
 
 # --- fake executables for the scripts -------------------------------------------------------------------

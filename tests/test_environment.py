@@ -46,8 +46,6 @@ def test_collective_and_runtime_variables_are_forwarded_but_not_device_visibilit
 
 
 def test_the_trainer_gives_workers_the_drivers_variables_and_the_studys_env_over_them(monkeypatch):
-    for name in ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", *WORKER_ENV):
-        monkeypatch.setenv(name, "1")  # make_trainer sets some; monkeypatch restores them
     monkeypatch.setenv("NCCL_DEBUG", "INFO")
     monkeypatch.setenv("NCCL_SOCKET_IFNAME", "eth0")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")

@@ -45,7 +45,7 @@ def train_worker(
     config: dict[str, Any], *, wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
 ) -> list[dict[str, Any]] | None:
     """`wrap_model`, for tests only (no study or TrialSpec key reaches it): wraps this rank's bare model
-    before DDP; tests/test_straggler.py slows one rank with it. `config["progress"]`: the trial's
+    before DDP; tests/test_trial.py slows one rank with it. `config["progress"]`: the trial's
     heartbeat channel (a ProgressChannel; absent or None: no heartbeat and no deadline)."""
     entered = time.time()
     rank = ray.train.get_context().get_world_rank()
