@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -75,6 +76,40 @@ def _gone(pid: int, timeout_s: float = 20) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def _train_worker_pids() -> set[int]:
+    """The Ray Train worker processes on this machine (Ray titles an actor's process with its class)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"RayTrainWorker" in (entry / "cmdline").read_bytes():
+                pids.add(int(entry.name))
+        except OSError:
+            pass  # the process ended meanwhile
+    return pids
+
+
+class StartupFreezer(threading.Thread):
+    """SIGSTOP the first Ray Train worker process that appears, `after_s` once it has its actor: Ray
+    Train is then still starting the worker group (its calls to the workers wait without a timeout)."""
+
+    def __init__(self, after_s: float = 0.3):
+        super().__init__(daemon=True)
+        self.after_s = after_s
+        self.before = _train_worker_pids()
+        self.pid: int | None = None
+
+    def run(self):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            new = _train_worker_pids() - self.before
+            if new:
+                time.sleep(self.after_s)
+                self.pid = min(new)
+                os.kill(self.pid, signal.SIGSTOP)
+                return
+            time.sleep(0.01)
 
 
 def _trial(trial_id: str, **fields) -> TrialSpec:
@@ -158,4 +193,32 @@ def test_a_trial_past_its_limit_names_the_phase_and_rank_that_ran_out(tmp_path, 
     print(f"past the limit ({fail_on_rank=}): row after {took:.1f} s: {outcome.row['error']}")
     assert outcome.row["error"] == reason.format(limit=limit, host=HOST)
     assert limit <= took < limit + watchdog.DEADLINE_GRACE_S + 20
+    assert _cpus_back()
+
+
+def test_a_worker_frozen_while_the_worker_group_starts_is_ended_at_the_limit(tmp_path):
+    # Before its train function runs, a worker sends start-up notes with its actor handle
+    # (train/startup.py): without them nothing could end it, and the trial would never end.
+    limit = 20
+    spec = _trial("frozen-start", train=ENDLESS, trial_timeout_s=limit)
+    freezer = StartupFreezer()
+    freezer.start()
+    ended: dict = {}
+    runner = threading.Thread(
+        target=lambda: ended.update(outcome=run_trial(spec, str(tmp_path))), daemon=True
+    )
+    start = time.monotonic()
+    runner.start()
+    runner.join(limit + watchdog.DEADLINE_GRACE_S + 20)
+    took = time.monotonic() - start
+    if "outcome" not in ended:
+        if freezer.pid is not None:
+            os.kill(freezer.pid, signal.SIGKILL)  # so that the trial ends before the next test
+        runner.join(60)
+        pytest.fail(f"a worker frozen in start-up: still running {took:.0f} s after the trial started")
+    error = ended["outcome"].row["error"]
+    print(f"frozen in start-up: row after {took:.1f} s: {error}")
+    assert error == f"timed out after {limit} s in start-up (a worker on {HOST}, pid {freezer.pid})"
+    assert took < limit + watchdog.DEADLINE_GRACE_S + 5
+    assert _gone(freezer.pid)
     assert _cpus_back()

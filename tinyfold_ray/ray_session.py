@@ -9,6 +9,9 @@ import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping
+from typing import Any
+
+from tinyfold_ray.train.startup import JOB_RUNTIME_ENV
 
 # The embedded cluster has one logical CPU more than the machine has cores: trial drivers (Tune's
 # function trainables) hold a sliver of a CPU, and a worker group must never wait for that sliver.
@@ -97,7 +100,7 @@ def _refusing_socket() -> socket.socket:
     return sock
 
 
-def embedded_runtime_env() -> dict[str, dict[str, str]]:
+def embedded_runtime_env() -> dict[str, Any]:
     """The runtime environment of a cluster this process starts and alone uses: `ray.init(runtime_env=...)`
     hands it to every task and actor of the job, Ray Train's controller included.
 
@@ -115,7 +118,8 @@ def embedded_runtime_env() -> dict[str, dict[str, str]]:
         "env_vars": {
             **defaults,
             "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{_refusing_socket().getsockname()[1]}",
-        }
+        },
+        **JOB_RUNTIME_ENV,  # start-up notes of every trial's workers (train/startup.py)
     }
 
 
@@ -140,7 +144,7 @@ def _connect(verbose: bool, num_cpus: int | None) -> str:
     quiet = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "WARNING"}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **quiet)
+        ray.init(address=address, runtime_env=JOB_RUNTIME_ENV, **quiet)
         return f"Ray cluster at {address}"
     if num_cpus is None:
         num_cpus = embedded_cpus()

@@ -209,7 +209,10 @@ def _study_cost_row(args) -> Row:
         wall = time.time() - start
         trials = load_results(output)
     measured = (trials["wall_time_s"] - trials["overhead_s"]).sum()
-    value = f"{(wall - measured) / len(todo):.2f} s ({len(todo)} trials in {wall:.1f} s)"
+    value = (
+        f"{(wall - measured) / len(todo):.2f} s ({len(todo)} trials in {wall:.1f} s; "
+        f"measured steps {measured / wall:.1%} of the study's wall time)"
+    )
     settings = (
         f"smoke model, 1 cpu worker, {SMOKE_TRAIN.num_steps} steps, Ray already running, {_health_check()}"
     )

@@ -20,12 +20,14 @@ import socket
 import statistics
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tinyfold_ray.errors import TrialTimeoutError
+from tinyfold_ray.train import startup
 from tinyfold_ray.train.phases import PhaseClock
 
 BEAT_S = 1.0
@@ -48,6 +50,17 @@ class ProgressChannel:
     """Epoch seconds past which a rank raises TrialTimeoutError between steps and phases."""
     limit_s: float | None = None
     """The time limit the deadline comes from, for the reason."""
+
+    def startup_env(self, timeout_s: float = 10.0) -> dict[str, str]:
+        """Environment variables for the run's workers, with which their processes send start-up notes
+        before the train function runs (train/startup.py); empty if the board does not answer."""
+        import ray
+
+        try:
+            name, namespace = ray.get(self.board.address.remote(), timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - without start-up notes only a frozen start-up goes unseen
+            return {}
+        return startup.env(name, namespace, self.run)
 
 
 class Heartbeat:
@@ -116,6 +129,7 @@ class Heartbeat:
 
     def __enter__(self) -> Heartbeat:
         if self.channel is not None:
+            startup.hand_over()
             self._thread = threading.Thread(target=self._run, name="tinyfold-heartbeat", daemon=True)
             self._thread.start()
         return self
@@ -174,10 +188,45 @@ class ProgressBoard:
     def __init__(self) -> None:
         self._runs: dict[str, dict[int, dict[str, Any]]] = {}
         self._latest: dict[str, str] = {}  # trial key -> its current run
+        # Worker processes of a run that sent start-up notes and no rank's note yet; and those that did.
+        self._starting: dict[str, dict[str, dict[str, Any]]] = {}
+        self._ranked: dict[str, set[str]] = {}
+
+    def address(self) -> tuple[str, str]:
+        """(name, namespace) under which `ray.get_actor` finds this board."""
+        import ray
+
+        context = ray.get_runtime_context()
+        return context.get_actor_name(), context.namespace
+
+    def put_starting(self, run: str, process: str, note: dict[str, Any], actor: Any = None) -> None:
+        """A worker process's start-up note (train/startup.py), until it sends a rank's."""
+        if process in self._ranked.get(run, ()):
+            return  # a late start-up note from a process whose train function already reports
+        state = self._starting.setdefault(run, {}).setdefault(process, {"actor": None})
+        state["note"], state["seen"] = note, time.monotonic()
+        if actor is not None:
+            state["actor"] = actor
+
+    def starting(self, run: str) -> dict[str, dict[str, Any]]:
+        """process -> its last start-up note, with `silent_s` and `actor`."""
+        now = time.monotonic()
+        return {
+            process: {**s["note"], "silent_s": now - s["seen"], "actor": s["actor"]}
+            for process, s in self._starting.get(run, {}).items()
+        }
+
+    def watch(self, run: str) -> tuple[dict[int, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """`ranks` and `starting` of `run`, in one call."""
+        return self.ranks(run), self.starting(run)
 
     def put(self, run: str, key: str, rank: int, note: dict[str, Any], actor: Any = None) -> None:
         now = time.monotonic()
         self._latest[key] = run
+        if "host" in note and "pid" in note:
+            process = startup.process_key(note["host"], note["pid"])
+            self._ranked.setdefault(run, set()).add(process)
+            self._starting.get(run, {}).pop(process, None)
         ranks = self._runs.setdefault(run, {})
         state = ranks.get(rank)
         if state is None:
@@ -218,14 +267,22 @@ class ProgressBoard:
 
     def forget(self, run: str) -> None:
         self._runs.pop(run, None)
+        self._starting.pop(run, None)
+        self._ranked.pop(run, None)
         self._latest = {k: r for k, r in self._latest.items() if r != run}
 
 
 def open_board() -> Any:
-    """Start a board (no CPU reserved; it dies with the process that started it)."""
+    """Start a board (no CPU reserved; it dies with the process that started it). It is named, so that
+    a worker process can find it before it has its train function's arguments (train/startup.py). It
+    runs on this process's node, as Ray Train's controller does: a board on a worker's node would die
+    with that node, and with it every rank's note that names the node lost."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(num_cpus=0)(ProgressBoard).remote()
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    board = ray.remote(num_cpus=0)(ProgressBoard)
+    return board.options(name=f"tinyfold-board-{uuid.uuid4().hex}", scheduling_strategy=here).remote()
 
 
 # The handles keep the boards alive: Ray ends an unnamed actor when its last handle goes.

@@ -90,7 +90,7 @@ def run_trial(
 
     `reserved_cpus`: CPUs the caller itself holds on the cluster (a Tune trial's own reservation).
     `fallback_root`: local directory for the rows if `output` cannot be written (default: ~/tinyfold-fallback).
-    `train_fn`: for tests only, replaces each worker's function (tests/test_straggler.py slows a rank).
+    `train_fn`: for tests only, replaces each worker's function (tests/test_trial.py slows a rank).
     `progress`: where rank 0 notes its phase and step for the study driver's heartbeat (None: nowhere).
     A fault after training (building the row, rows the writer refuses) still ends as a failed row naming
     the phase and cause. Raises StorageError (one line) only when neither `output` nor the fallback can
@@ -253,7 +253,15 @@ def make_trainer(
             storage_path=os.path.join(tempfile.gettempdir(), run_name),
             # No retries: a failed trial is a result, and a retry would time something else.
             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
-            worker_runtime_env={"env_vars": {**worker_env(spec), **WORKER_ENV, **compile_cache_env(spec)}},
+            # The workers' start-up notes (train/startup.py) name the board and this run.
+            worker_runtime_env={
+                "env_vars": {
+                    **worker_env(spec),
+                    **WORKER_ENV,
+                    **compile_cache_env(spec),
+                    **(progress.startup_env() if progress is not None else {}),
+                }
+            },
         ),
         controller_env={**TRAIN_ENV, **start_timeout},
     )

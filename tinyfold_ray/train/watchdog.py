@@ -6,11 +6,13 @@ every POLL_S. It gives a verdict when
 
 - a rank made no progress: in the measured steps its step count has not moved for
   STALL_SLACK_S + STALL_STEPS x its median step time, or in any phase its heartbeat went silent for
-  SILENT_S (a stopped or dead process sends nothing; one blocked in a collective still beats);
+  SILENT_S (a stopped or dead process sends nothing; one blocked in a collective still beats); the
+  same silence of a worker process still starting up (its start-up notes, train/startup.py);
 - the deadline passed DEADLINE_GRACE_S ago and the ranks, which check the deadline themselves between
   steps and phases, did not end the trial (one is stuck inside a step or a collective).
 
-On a verdict it kills every worker actor that sent its handle (`ray.kill`). Ray Train's controller then
+On a verdict it kills every worker actor that sent its handle (`ray.kill`), with its rank's notes or
+its start-up notes: Ray Train waits on a worker group's start without a timeout. Ray Train's controller then
 finds its workers dead and `fit()` raises; the trial's reason is the verdict, not that error.
 """
 
@@ -45,11 +47,33 @@ def stall_limit_s(step_s: float | None) -> float:
     return STALL_SLACK_S + STALL_STEPS * (step_s or 0.0)
 
 
-def hang_reason(ranks: dict[int, dict[str, Any]]) -> str | None:
-    """'rank r on host h made no progress for N s in <phase>' when a rank looks hung, else None.
+def _unranked(process: dict[str, Any]) -> str:
+    """How a reason names a worker process that has no rank yet."""
+    return f"a worker on {process.get('host', UNKNOWN_HOST)}, pid {process['pid']}"
+
+
+def _most_silent(starting: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return max(starting.values(), key=lambda p: p["silent_s"])
+
+
+def hang_reason(
+    ranks: dict[int, dict[str, Any]], starting: dict[str, dict[str, Any]] | None = None
+) -> str | None:
+    """'rank r on host h made no progress for N s in <phase>' when a rank looks hung, else None; for a
+    worker process still starting up (`starting`, the board's start-up notes), silent for SILENT_S,
+    'a worker on h, pid p made no progress for N s in start-up'.
 
     The rank named is the one whose heartbeat stopped (a stopped process), else the one furthest behind
     (its peers wait for it in their next collective)."""
+    reason = _rank_hang_reason(ranks)
+    if reason is None and starting:
+        process = _most_silent(starting)
+        if process["silent_s"] >= SILENT_S:
+            reason = f"{_unranked(process)} made no progress for {process['silent_s']:.0f} s in {STARTING}"
+    return reason
+
+
+def _rank_hang_reason(ranks: dict[int, dict[str, Any]]) -> str | None:
     hung = [
         r
         for r, n in ranks.items()
@@ -70,10 +94,18 @@ def hang_reason(ranks: dict[int, dict[str, Any]]) -> str | None:
     return f"rank {rank} on {note.get('host', UNKNOWN_HOST)} made no progress for {idle:.0f} s in {note['phase']}"
 
 
-def timeout_reason(limit_s: float, ranks: dict[int, dict[str, Any]], num_workers: int) -> str:
+def timeout_reason(
+    limit_s: float,
+    ranks: dict[int, dict[str, Any]],
+    num_workers: int,
+    starting: dict[str, dict[str, Any]] | None = None,
+) -> str:
     """'timed out after L s in <phase> (rank r on host h)' for the rank furthest behind; a rank that
-    never sent a note is still starting up."""
+    never sent a note is still starting up: the reason names the start-up process silent longest, if
+    any sent start-up notes (`starting`)."""
     missing = [r for r in range(num_workers) if r not in ranks]
+    if missing and starting:
+        return f"timed out after {limit_s:.0f} s in {STARTING} ({_unranked(_most_silent(starting))})"
     if missing:
         rank, phase, host = missing[0], STARTING, UNKNOWN_HOST
     else:
@@ -107,32 +139,35 @@ class Watchdog:
 
     def notes(self, timeout_s: float = 5.0) -> dict[int, dict[str, Any]]:
         """rank -> its last note (empty if the board does not answer in `timeout_s`)."""
-        return self._read(timeout_s) or {}
+        read = self._read(timeout_s)
+        return read[0] if read is not None else {}
 
-    def _read(self, timeout_s: float) -> dict[int, dict[str, Any]] | None:
+    def _read(self, timeout_s: float) -> tuple[dict[int, dict[str, Any]], dict[str, dict[str, Any]]] | None:
+        """(rank -> its last note, starting process -> its last start-up note), or None."""
         import ray
 
         try:
-            return ray.get(self._board.ranks.remote(self.channel.run), timeout=timeout_s)
+            return ray.get(self._board.watch.remote(self.channel.run), timeout=timeout_s)
         except Exception:  # noqa: BLE001 - without notes a reason only names less
             return None
 
     def _watch(self) -> None:
-        killed: set[int] = set()
+        killed: set[Any] = set()  # ranks and start-up processes whose actors were killed
         while not self._stop.wait(self.poll_s):
-            ranks = self._read(timeout_s=5.0)
-            if ranks is None:
+            read = self._read(timeout_s=5.0)
+            if read is None:
                 continue  # never judge on notes the board could not give
+            ranks, starting = read
             if self.verdict is None:
-                self.verdict = hang_reason(ranks)
+                self.verdict = hang_reason(ranks, starting)
             if self.verdict is None and time.time() >= self.channel.deadline + DEADLINE_GRACE_S:
-                self.verdict = timeout_reason(self.channel.limit_s, ranks, self.num_workers)
+                self.verdict = timeout_reason(self.channel.limit_s, ranks, self.num_workers, starting)
             if self.verdict is not None:
-                # Ranks still starting up send their handles later: they are ended as they come.
-                for rank, note in ranks.items():
-                    if rank not in killed and note["actor"] is not None:
+                # Workers still starting up send their handles later: they are ended as they come.
+                for key, note in [*ranks.items(), *starting.items()]:
+                    if key not in killed and note["actor"] is not None:
                         _kill(note["actor"])
-                        killed.add(rank)
+                        killed.add(key)
 
 
 def _kill(actor: Any) -> None:
