@@ -184,7 +184,7 @@ def _pod_templates(spec: dict) -> list[tuple[str, dict]]:
 
 
 @pytest.mark.parametrize("path", KUBERAY_FILES, ids=lambda p: p.name)
-def test_kuberay_token_auth_shm_and_private_dashboard(path):
+def test_kuberay_token_auth_shm_and_a_dashboard_kept_inside(path):
     for spec, doc in _ray_cluster_specs(path):
         assert spec["rayVersion"] == RAY_PIN
         secret = spec["authOptions"]["secretName"]

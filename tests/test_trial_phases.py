@@ -89,7 +89,9 @@ def test_a_graphed_step_has_no_breakdown_parts_never_zeros():
     start = datetime.now(timezone.utc)
     records = [_record(0, losses=[1.0] * 4, reference=None, common_loss=None)]
     train = TrainConfig(num_steps=4, batch_size=2, warmup_steps=4, cuda_graph=True)
-    outcome = build_outcome(TrialSpec(device="cuda", train=train), records, None, True, start, start, 5.0, None)
+    outcome = build_outcome(
+        TrialSpec(device="cuda", train=train), records, None, True, start, start, 5.0, None
+    )
     parts = ("compute_time_median_s", "comm_exposed_median_s", "optimizer_time_median_s")
     assert all(outcome.row[k] is None for k in parts)
     assert all(r[k] is None for r in outcome.step_rows for k in trial.STEP_PARTS)
