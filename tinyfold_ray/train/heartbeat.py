@@ -285,7 +285,7 @@ def open_board() -> Any:
     return board.options(name=f"tinyfold-board-{uuid.uuid4().hex}", scheduling_strategy=here).remote()
 
 
-# The handles keep the boards alive: Ray ends an unnamed actor when its last handle goes.
+# One board per Ray connection, its handle kept for the process's life (trials of the connection reuse it).
 _process_boards: dict[tuple[str, str], Any] = {}
 _process_boards_lock = threading.Lock()
 

@@ -12,7 +12,8 @@ runtime environment, not in an actor's). In a process whose environment names a 
 waits for the process's actor to exist, then sends the board a start-up note with the actor's handle,
 host and pid every second, until the train function's Heartbeat takes over. Elsewhere it does nothing.
 
-Only the standard library at import: the hook runs in every worker process of the job.
+Only the standard library (and the phase list, itself torch- and Ray-free) at import: the hook runs in
+every worker process of the job.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import socket
 import threading
 import time
 from typing import Any
+
+from tinyfold_ray.train.phases import STARTING
 
 HOOK = "tinyfold_ray.train.startup.register"
 JOB_RUNTIME_ENV = {"worker_process_setup_hook": HOOK}
@@ -66,7 +69,7 @@ def _beat_until_handed_over() -> None:
         board = _find_board(os.environ[BOARD_VAR], os.environ[NAMESPACE_VAR])
         actor = _wait_for_actor()
         run, host, pid = os.environ[RUN_VAR], socket.gethostname(), os.getpid()
-        note = {"phase": "start-up", "done": None, "steps": None, "host": host, "pid": pid}
+        note = {"phase": STARTING, "done": None, "steps": None, "host": host, "pid": pid}
         board.put_starting.remote(run, process_key(host, pid), note, actor)
         while not _handed_over.wait(BEAT_S):
             board.put_starting.remote(run, process_key(host, pid), note)

@@ -172,7 +172,6 @@ def _fit(
                 spec,
                 use_gpu,
                 train_fn,
-                deadline=deadline,
                 name=name,
                 profile_dir=profile_dir,
                 progress=channel,
@@ -207,16 +206,15 @@ def make_trainer(
     use_gpu: bool,
     train_fn: Callable[[dict], Any] | None = None,
     *,
-    deadline: float | None = None,
     name: str | None = None,
     profile_dir: str | None = None,
     progress: ProgressChannel | None = None,
 ):
     """The TorchTrainer of a trial; `train_fn` replaces the training (the benchmark times an empty one).
 
-    `deadline` (epoch seconds, default: the trial's time limit from now) ends the fit: every rank still
-    running then fails with a time-out, and the workers are stopped. `profile_dir`: where each rank
-    writes its torch.profiler trace (None: no profile). `progress`: rank 0's heartbeat channel.
+    `profile_dir`: where each rank writes its torch.profiler trace (None: no profile). `progress`: where
+    every rank sends its heartbeat notes, with the trial's deadline that each rank checks between steps
+    and phases (None: no notes and no deadline; only the start and collective timeouts below bound it).
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
@@ -225,7 +223,6 @@ def make_trainer(
 
     run_name = name or _run_name(spec)
     limit = faults.time_limit_s(spec, use_gpu)
-    deadline = deadline if deadline is not None else time.time() + limit
     # The worker group's start and the process group's collectives (TorchConfig.timeout_s, 1,800 s by
     # default) wait no longer than the trial may run.
     start_timeout = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(min(spec.start_timeout_s, limit))}
