@@ -21,7 +21,7 @@ def fitted(monkeypatch):
     records = []
     monkeypatch.setattr(trial, "alive_nodes", lambda: [])
     monkeypatch.setattr(trial, "check_placement", lambda spec, nodes, reserved: (False, None))
-    monkeypatch.setattr(trial, "_fit", lambda *args, **kwargs: records)
+    monkeypatch.setattr(trial, "_fit", lambda *args, **kwargs: ([records], None))  # one trial, no error
     return records
 
 

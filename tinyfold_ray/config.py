@@ -34,6 +34,7 @@ DDP_GRAPH_EAGER_STEPS = 11
 ATTENTION_KERNELS = ("eager", "sdpa")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 SCALING_MODES = ("weak", "strong")
+WORKER_GROUPS = ("fresh", "shared")
 
 
 # Upper bounds that keep a typo from asking for the impossible (a study checks them before it expands).
@@ -331,6 +332,10 @@ class TrialSpec:
     """Extra Ray resources per worker (e.g. a custom resource to pin a node type)."""
     placement_strategy: str = "PACK"
     """Ray placement-group strategy for the workers."""
+    worker_group: str = "fresh"
+    """fresh: the trial starts worker processes of its own (repeats stay independent). shared: it runs
+    in worker processes that ran the study's trials before it with the same worker count and resources,
+    with a model, optimiser and data of its own (study/groups.py), so it pays no start-up."""
     comm_backend: str | None = None
     """torch.distributed backend override; None = nccl on GPU, gloo on CPU."""
     start_timeout_s: float = 120.0
@@ -362,6 +367,7 @@ class TrialSpec:
         _choice("scaling", self.scaling, SCALING_MODES)
         _choice("device", self.device, DEVICES)
         _choice("placement_strategy", self.placement_strategy, PLACEMENT_STRATEGIES)
+        _choice("worker_group", self.worker_group, WORKER_GROUPS)
         _require(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "must be > 0")
         _require(self.start_timeout_s > 0, "start_timeout_s", self.start_timeout_s, "must be > 0")
         if self.trial_timeout_s is not None:

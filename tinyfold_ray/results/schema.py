@@ -46,7 +46,14 @@ _ARROW = {str: _STR, int: _INT, float: _FLOAT, bool: _BOOL}
 # Settings whose column names differ from their config field (kept from schema version 1).
 RENAMED = {"batch_size": "batch_per_worker", "num_steps": "steps"}
 # TrialSpec fields recorded as settings; the rest (names, timeouts, test aids) do not change a result.
-_TRIAL_SETTINGS = ("scaling", "num_workers", "device", "cpus_per_worker", "placement_strategy")
+_TRIAL_SETTINGS = (
+    "scaling",
+    "num_workers",
+    "device",
+    "cpus_per_worker",
+    "placement_strategy",
+    "worker_group",
+)
 
 
 def _arrow_type(hint: Any) -> pa.DataType:

@@ -19,6 +19,7 @@ from tinyfold_ray.ray_session import environ_defaults
 from tinyfold_ray.results.storage import absolute_location, is_uri, join
 from tinyfold_ray.results.writer import existing_trials
 from tinyfold_ray.study.expand import expand
+from tinyfold_ray.study.groups import worker_groups
 from tinyfold_ray.study.identity import probe
 from tinyfold_ray.study.progress import HEARTBEAT_S, TimeLeft, about, heartbeat_line
 from tinyfold_ray.study.resume import check_same_identity, check_unchanged
@@ -151,46 +152,48 @@ def check_embedded(spec: StudySpec, trials: list[TrialSpec], num_cpus: int, wher
             )
 
 
-def _run_one(
+def _run_group(
     config: dict[str, Any],
-    specs: dict[str, TrialSpec],
+    groups: dict[str, list[TrialSpec]],
     output: str,
     git_commit: str | None,
     concurrent: int = 1,
     channels: dict[str, ProgressChannel] | None = None,
 ):
-    """The Tune function trainable: one trial, then one report that the progress line reads.
-    `channels`: trial_id -> where its rank 0 notes its progress (none: no heartbeat)."""
+    """The Tune function trainable: one worker group's trials (one trial unless the study shares worker
+    groups), then one report per trial, which the progress lines read. `channels`: group -> where its
+    rank 0 notes its progress (none: no heartbeat)."""
     from ray import tune
 
-    from tinyfold_ray.errors import StorageError
-    from tinyfold_ray.train.trial import run_trial
+    from tinyfold_ray.train.trial import run_trials
 
-    try:
-        outcome = run_trial(
-            specs[config["trial_id"]],
-            output,
-            git_commit=git_commit,
-            reserved_cpus=TRIAL_DRIVER_CPUS * concurrent,
-            progress=(channels or {}).get(config["trial_id"]),
-        )
-    except StorageError as e:  # neither the output nor the local fallback could take the rows
-        tune.report({"status": "lost", "error": str(e), "fallback": ""})
-        return
-    row = outcome.row
-    tune.report(
-        {
-            "status": row["status"],
-            "error": row["error"] or "",
-            "fallback": outcome.fallback or "",
-            "throughput_samples_per_sec": row.get("throughput_samples_per_sec") or math.nan,
-            "step_time_median_s": row.get("step_time_median_s") or math.nan,
-            "num_nodes": row.get("num_nodes") or 0,
-            "final_loss": row.get("final_loss") or math.nan,
-            "overhead_s": row.get("overhead_s") or math.nan,
-            "wall_time_s": row["wall_time_s"],
-        }
+    group = config["group"]
+    outcomes = run_trials(
+        groups[group],
+        output,
+        git_commit=git_commit,
+        reserved_cpus=TRIAL_DRIVER_CPUS * concurrent,
+        progress=(channels or {}).get(group),
     )
+    for outcome in outcomes:
+        row = outcome.row
+        if outcome.lost is not None:  # neither the output nor the local fallback could take the rows
+            tune.report({"trial": row["trial_id"], "status": "lost", "error": outcome.lost, "fallback": ""})
+            continue
+        tune.report(
+            {
+                "trial": row["trial_id"],
+                "status": row["status"],
+                "error": row["error"] or "",
+                "fallback": outcome.fallback or "",
+                "throughput_samples_per_sec": row.get("throughput_samples_per_sec") or math.nan,
+                "step_time_median_s": row.get("step_time_median_s") or math.nan,
+                "num_nodes": row.get("num_nodes") or 0,
+                "final_loss": row.get("final_loss") or math.nan,
+                "overhead_s": row.get("overhead_s") or math.nan,
+                "wall_time_s": row["wall_time_s"],
+            }
+        )
 
 
 def describe(trial: TrialSpec) -> str:
@@ -234,43 +237,59 @@ def run_study(
     if not todo:
         return report
     specs = {t.trial_id: as_run(t) for t in todo}
+    # One Tune trial per worker group, named after its first trial (groups.py: one trial unless shared).
+    groups = {g[0].trial_id: [specs[t.trial_id] for t in g] for g in worker_groups(todo)}
+    group_of = {t.trial_id: name for name, group in groups.items() for t in group}
     concurrent = concurrent or spec.max_concurrent_trials
     order = {t.trial_id: i for i, t in enumerate(todo, start=1)}
-    # One board per driver run: every trial's ranks send their heartbeats there, for the trial's
-    # watchdog and these heartbeat lines.
+    # One board per driver run: every group's ranks send their heartbeats there, for its watchdog and
+    # these heartbeat lines.
     board = open_board()
-    channels = {tid: ProgressChannel(board, tid) for tid in specs}
+    channels = {name: ProgressChannel(board, name) for name in groups}
     time_left = TimeLeft(concurrent)
-    started: dict[str, float] = {}  # running trial -> when it started (time.monotonic())
-    beaten: dict[str, float] = {}  # running trial -> when its last heartbeat line was printed
+    started: dict[str, float] = {}  # running group -> when its current trial started (time.monotonic())
+    beaten: dict[str, float] = {}  # running group -> when its last heartbeat line was printed
 
-    def ended(tid: str) -> str:
-        """Note that `tid` ended; the line's ending: the study's time left, when any is."""
-        now = time.monotonic()
-        beaten.pop(tid, None)
-        time_left.finished(specs[tid], now - started.pop(tid, now))
+    def current(name: str) -> str:
+        """The running group's trial that has not ended yet."""
         done = set(report.ok) | set(report.failed)
+        return next(t.trial_id for t in groups[name] if t.trial_id not in done)
+
+    def ended(tid: str, wall_s: float | None) -> str:
+        """Note that `tid` ended after `wall_s` (None: unknown); the line's ending: the study's time
+        left, when any is."""
+        now = time.monotonic()
+        name = group_of[tid]
+        time_left.finished(specs[tid], wall_s if wall_s is not None else now - started.get(name, now))
+        done = set(report.ok) | set(report.failed)
+        if all(t.trial_id in done for t in groups[name]):
+            started.pop(name, None)
+            beaten.pop(name, None)
+        else:
+            started[name] = now  # its next trial begins
         waiting = [t for t in todo if t.trial_id not in done]
-        left = time_left.left_s(waiting, {r: now - t for r, t in started.items()})
+        left = time_left.left_s(waiting, {current(g): now - t for g, t in started.items()})
         return f"; {about(left)} left" if waiting and left is not None else ""
 
     class Progress(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
-            tid = trial.config["trial_id"]
-            started[tid] = beaten[tid] = time.monotonic()
+            name = trial.config["group"]
+            started[name] = beaten[name] = time.monotonic()
 
         def on_step_end(self, iteration, trials, **info):
-            # Tune's loop calls this every ~0.1 s; one read of the board per running trial per interval.
+            # Tune's loop calls this every ~0.1 s; one read of the board per running group per interval.
             now = time.monotonic()
-            for tid in [t for t, last in beaten.items() if heartbeat_s and now - last >= heartbeat_s]:
-                beaten[tid] = now
-                note = read_progress(board, tid)
-                progress(heartbeat_line(f"[{order[tid]}/{len(todo)}]", specs[tid], note, now - started[tid]))
+            for name in [g for g, last in beaten.items() if heartbeat_s and now - last >= heartbeat_s]:
+                beaten[name] = now
+                tid = current(name)
+                note = read_progress(board, name)
+                progress(heartbeat_line(f"[{order[tid]}/{len(todo)}]", specs[tid], note, now - started[name]))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            tid = trial.config["trial_id"]
+            tid = result["trial"]  # Tune sets a "trial_id" of its own
             # A lost trial reports no wall time; a failed one its wall time and no measured steps.
-            report.trials_wall_s += result.get("wall_time_s", 0.0)
+            wall_s = result.get("wall_time_s")
+            report.trials_wall_s += wall_s or 0.0
             if result["status"] == "ok":
                 report.measured_s += result["wall_time_s"] - result["overhead_s"]
             n = f"[{order[tid]}/{len(todo)}]"
@@ -284,24 +303,28 @@ def run_study(
                 progress(
                     f"{n} {tid:<28} {describe(specs[tid])}: {result['throughput_samples_per_sec']:8.2f} samples/s "
                     f"(step {result['step_time_median_s'] * 1e3:.1f} ms, {result['num_nodes']} node(s), "
-                    f"loss {result['final_loss']:.3f}, fixed cost {result['overhead_s']:.1f} s)  ok{ended(tid)}"
+                    f"loss {result['final_loss']:.3f}, fixed cost {result['overhead_s']:.1f} s)  ok"
+                    + ended(tid, wall_s)
                 )
             else:
                 report.failed.append(tid)
-                progress(f"{n} {tid:<28} {describe(specs[tid])}: FAILED: {result['error']}{ended(tid)}")
+                progress(
+                    f"{n} {tid:<28} {describe(specs[tid])}: FAILED: {result['error']}{ended(tid, wall_s)}"
+                )
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            tid = trial.config["trial_id"]
-            report.failed.append(tid)
-            progress(
-                f"[{order[tid]}/{len(todo)}] {tid:<28} FAILED: the trial driver crashed (see Ray logs)"
-                + ended(tid)
-            )
+            done = set(report.ok) | set(report.failed)
+            for tid in [t.trial_id for t in groups[trial.config["group"]] if t.trial_id not in done]:
+                report.failed.append(tid)
+                progress(
+                    f"[{order[tid]}/{len(todo)}] {tid:<28} FAILED: the trial driver crashed (see Ray logs)"
+                    + ended(tid, None)
+                )
 
     trainable = tune.with_resources(
         tune.with_parameters(
-            _run_one,
-            specs=specs,
+            _run_group,
+            groups=groups,
             output=output,
             git_commit=git_commit,
             concurrent=concurrent,
@@ -314,7 +337,7 @@ def run_study(
     tuner = tune.Tuner(
         trainable,
         # A grid of one axis runs in list order: the study's run order (expand), which rows record.
-        param_space={"trial_id": tune.grid_search([t.trial_id for t in todo])},
+        param_space={"group": tune.grid_search(list(groups))},
         # One trial-driver actor serves trial after trial, instead of a new process (and its imports)
         # per trial: the 4-trial cpu-smoke study took 55 s instead of 70 s on 2 cores.
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),

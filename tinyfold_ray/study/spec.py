@@ -43,6 +43,7 @@ RESOURCE_FIELDS = {
     "start_timeout_s": "start_timeout_s",
     "trial_timeout_s": "trial_timeout_s",
     "compile_cache": "compile_cache",
+    "worker_group": "worker_group",
 }
 FILE_KEY_OF = {f: k for k, f in RESOURCE_FIELDS.items()}
 # Sweep axes besides the model/train/ddp fields. batch_size is swept as batch_per_worker (weak) or
@@ -90,6 +91,8 @@ class StudySpec:
     """Wall-time limit of each trial; None = derived from the trial's work (train/faults.py)."""
     compile_cache: str | None = None
     """torch.compile's cache folder on every node (None: torch's default under /tmp)."""
+    worker_group: str = "fresh"
+    """fresh: new worker processes per trial; shared: one set per worker count (config.TrialSpec)."""
     profile: bool = False
     """A torch.profiler trace per rank of every trial (a few steps after the measured ones)."""
     env: dict[str, str] = field(default_factory=dict)
@@ -132,6 +135,7 @@ def resolve(
         start_timeout_s=spec.start_timeout_s,
         trial_timeout_s=spec.trial_timeout_s,
         compile_cache=spec.compile_cache,
+        worker_group=spec.worker_group,
         profile=spec.profile,
         env=dict(spec.env),
         **{name: cls(**sections[name]) for name, cls in SECTIONS.items()},

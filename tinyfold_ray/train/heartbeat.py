@@ -102,6 +102,10 @@ class Heartbeat:
         self._done = done
         self._check_deadline()
 
+    def next_trial(self) -> None:
+        """Begin the next trial of a shared worker group: its phases are timed from now."""
+        self.clock = PhaseClock(time.time())
+
     def locate(self, **where: Any) -> None:
         """Where this rank runs (host, node_id, device ...), sent with its notes from now on."""
         self.where.update(where)
@@ -191,6 +195,7 @@ class ProgressBoard:
         # Worker processes of a run that sent start-up notes and no rank's note yet; and those that did.
         self._starting: dict[str, dict[str, dict[str, Any]]] = {}
         self._ranked: dict[str, set[str]] = {}
+        self._records: dict[str, dict[int, list[dict[str, Any]]]] = {}  # run -> finished trial -> records
 
     def address(self) -> tuple[str, str]:
         """(name, namespace) under which `ray.get_actor` finds this board."""
@@ -232,6 +237,8 @@ class ProgressBoard:
         if state is None:
             state = ranks[rank] = {"moved": now, "step_times": deque(maxlen=STEP_TIMES_KEPT), "actor": None}
         old = state.get("note")
+        if old is not None and old.get("trial") != note.get("trial"):
+            state["step_times"].clear()  # a shared worker group's next trial steps at its own pace
         if old is None or (old["phase"], old["done"]) != (note["phase"], note["done"]):
             if old is not None and old["phase"] == note["phase"] and note["done"] and old["done"] is not None:
                 # Steps of one phase finished since the last move: each took its share of the interval.
@@ -265,7 +272,17 @@ class ProgressBoard:
         state = self._runs.get(self._latest.get(key, ""), {}).get(0)
         return state["note"] if state else None
 
+    def put_records(self, run: str, index: int, records: list[dict[str, Any]]) -> None:
+        """The records of the `index`-th trial of a shared worker group, once it ended."""
+        self._records.setdefault(run, {})[index] = records
+
+    def records(self, run: str) -> list[list[dict[str, Any]]]:
+        """The records of `run`'s trials that ended, in order."""
+        finished = self._records.get(run, {})
+        return [finished[i] for i in sorted(finished)]
+
     def forget(self, run: str) -> None:
+        self._records.pop(run, None)
         self._runs.pop(run, None)
         self._starting.pop(run, None)
         self._ranked.pop(run, None)

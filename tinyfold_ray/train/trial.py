@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tinyfold_ray.config import TrialSpec
-from tinyfold_ray.errors import StorageError, TrialFailedError
+from tinyfold_ray.errors import StorageError
 from tinyfold_ray.flops import utilization
 from tinyfold_ray.ray_session import environ_defaults
 from tinyfold_ray.results.safe_write import store_trial
@@ -70,6 +70,8 @@ class TrialOutcome:
     """Where the rows went instead when the output could not be written (see results/safe_write.py)."""
     phases_s: dict[str, float] = field(default_factory=dict)
     """Where the trial's wall time went (schema.PHASE_COLUMNS; empty when the trial failed)."""
+    lost: str | None = None
+    """Why no row could be written anywhere (neither the output nor the fallback; run_trials)."""
 
     @property
     def ok(self) -> bool:
@@ -96,40 +98,89 @@ def run_trial(
     the phase and cause. Raises StorageError (one line) only when neither `output` nor the fallback can
     be written: then no row exists anywhere, and the caller reports the trial as lost.
     """
-    started = datetime.now(timezone.utc)
+    (outcome,) = run_trials(
+        [spec],
+        output,
+        git_commit=git_commit,
+        reserved_cpus=reserved_cpus,
+        fallback_root=fallback_root,
+        train_fn=train_fn,
+        progress=progress,
+    )
+    if outcome.lost is not None:
+        raise StorageError(outcome.lost)
+    return outcome
+
+
+def run_trials(
+    specs: list[TrialSpec],
+    output: str | None,
+    *,
+    git_commit: str | None = None,
+    reserved_cpus: float = 0.0,
+    fallback_root: str | None = None,
+    train_fn: Callable[[dict], Any] | None = None,
+    progress: ProgressChannel | None = None,
+) -> list[TrialOutcome]:
+    """Run `specs` one after another in one worker group (one fit): one trial, or the trials of a shared
+    worker group (study/groups.py), which need the same worker processes. Each trial's outcome as
+    run_trial's, in order, with `lost` set instead of raising StorageError.
+
+    The first trial's wall time includes the group's start-up; each later one runs from the end of the
+    one before it, and the last one's includes the group's teardown, so the group's wall time is the sum
+    of its trials'. When a trial fails the group ends: the trials before it keep their rows, and those
+    after it get failed rows saying they did not run.
+    """
     t0 = time.time()
-    use_gpu, error = check_placement(spec, alive_nodes(), reserved_cpus)
-    records = None
+    use_gpu, error = check_placement(specs[0], alive_nodes(), reserved_cpus)
+    finished: list[list[dict[str, Any]]] = []
     if error is None:
+        limit = sum(faults.time_limit_s(s, use_gpu) for s in specs)
+        profile_dirs = [
+            join(output, s.study, PROFILES_DIR, s.trial_id) if s.profile and output else None for s in specs
+        ]
         try:
-            profile_dir = (
-                join(output, spec.study, PROFILES_DIR, spec.trial_id) if spec.profile and output else None
-            )
-            deadline = t0 + faults.time_limit_s(spec, use_gpu)
-            records = _fit(spec, use_gpu, deadline, profile_dir, train_fn, progress)
-        except TrialFailedError as e:
-            error = str(e)
+            finished, error = _fit(specs, use_gpu, t0 + limit, limit, profile_dirs, train_fn, progress)
         except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
             error = failure_reason(e)
-    ended = datetime.now(timezone.utc)
-    wall = time.time() - t0
+    t_end = time.time()
 
-    def failed(phase: str, exc: Exception) -> TrialOutcome:
-        reason = f"{phase}: {failure_reason(exc)}"
-        return build_outcome(spec, None, reason, use_gpu, started, ended, wall, git_commit)
+    def outcome(spec: TrialSpec, records, error: str | None, begin: float, end: float) -> TrialOutcome:
+        started, ended = (datetime.fromtimestamp(t, timezone.utc) for t in (begin, end))
+        return build_outcome(spec, records, error, use_gpu, started, ended, end - begin, git_commit)
 
-    try:
-        outcome = build_outcome(spec, records, error, use_gpu, started, ended, wall, git_commit)
-    except Exception as e:  # noqa: BLE001 - a fault in the row (a missing figure, a bug) is recorded too
-        outcome = failed("building the trial row", e)
-    if output is None:
-        return outcome
-    try:
-        return _store(outcome, output, fallback_root)
-    except StorageError:
-        raise
-    except Exception as e:  # noqa: BLE001 - rows the writer refuses: keep a failed row in their place
-        return _store(failed("storing the trial row", e), output, fallback_root)
+    outcomes = []
+    begin = t0
+    for index, spec in enumerate(specs):
+        records, reason, end = None, error, t_end
+        if index < len(finished):
+            records, reason = finished[index], None
+            if index < len(specs) - 1:
+                end = records[0].get("gathered_at", t_end)
+        elif index > len(finished):
+            reason, end = (
+                f"not run: trial {specs[len(finished)].trial_id} of its worker group failed first",
+                begin,
+            )
+        try:
+            result = outcome(spec, records, reason, begin, end)
+        except Exception as e:  # noqa: BLE001 - a fault in the row (a missing figure, a bug) is recorded too
+            result = outcome(spec, None, f"building the trial row: {failure_reason(e)}", begin, end)
+        if output is not None:
+            try:
+                result = _store(result, output, fallback_root)
+            except StorageError as e:
+                result.lost = str(e)
+            except Exception as e:  # noqa: BLE001 - rows the writer refuses: keep a failed row in their place
+                failed = outcome(spec, None, f"storing the trial row: {failure_reason(e)}", begin, end)
+                try:
+                    result = _store(failed, output, fallback_root)
+                except StorageError as lost:
+                    failed.lost = str(lost)
+                    result = failed
+        outcomes.append(result)
+        begin = end
+    return outcomes
 
 
 def _store(outcome: TrialOutcome, output: str, fallback_root: str | None) -> TrialOutcome:
@@ -147,20 +198,22 @@ def _run_name(spec: TrialSpec) -> str:
 
 
 def _fit(
-    spec: TrialSpec,
+    specs: list[TrialSpec],
     use_gpu: bool,
     deadline: float,
-    profile_dir: str | None,
+    limit: float,
+    profile_dirs: list[str | None],
     train_fn: Callable[[dict], Any] | None = None,
     progress: ProgressChannel | None = None,
-) -> list[dict[str, Any]]:
-    """Every rank's record, by rank, each with `node_gpus`: its node's GPU count as Ray knows it.
+) -> tuple[list[list[dict[str, Any]]], str | None]:
+    """(the records of each trial that finished, by rank, each with `node_gpus`: its node's GPU count as
+    Ray knows it; why the next one failed, or None).
 
     The ranks send their heartbeats to `progress`'s board (a study's), else to this process's own; the
     watchdog reads them while the fit runs and ends a hung trial, or one its ranks cannot end at the
     deadline (train/watchdog.py)."""
+    spec = specs[0]
     name = _run_name(spec)
-    limit = faults.time_limit_s(spec, use_gpu)
     channel = (
         replace(progress, run=name, deadline=deadline, limit_s=limit)
         if progress is not None
@@ -173,26 +226,41 @@ def _fit(
                 use_gpu,
                 train_fn,
                 name=name,
-                profile_dir=profile_dir,
+                profile_dir=profile_dirs[0],
                 progress=channel,
+                more=list(zip(specs[1:], profile_dirs[1:])),
             )
-            result = trainer.fit()
-        except Exception as e:
-            if watchdog.verdict is not None:
-                raise TrialFailedError(watchdog.verdict) from e
-            # Ray Train's worker-group error carries each failed rank's exception; the ranks' notes add
-            # where each rank ran and what it was doing.
-            alive = {n["NodeID"] for n in _ray_nodes() if n.get("Alive")}
-            reason = faults.describe_failure(e, watchdog.notes(), alive)
-            if reason is None:
-                raise
-            raise TrialFailedError(reason) from e
-    records = result.return_value
-    assert records, "rank 0 returned no records"
+            finished = trainer.fit().return_value
+            error = None
+        except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
+            finished = _finished_before_failure(channel) if len(specs) > 1 else []
+            error = _fit_failure(e, watchdog)
     gpus = {n["NodeID"]: int(n.get("Resources", {}).get("GPU", 0)) for n in _ray_nodes()}
-    return sorted(
-        ({**r, "node_gpus": gpus.get(r["node_id"], 0)} for r in records), key=lambda r: r["world_rank"]
-    )
+    return [
+        sorted(
+            ({**r, "node_gpus": gpus.get(r["node_id"], 0)} for r in records), key=lambda r: r["world_rank"]
+        )
+        for records in finished
+    ], error
+
+
+def _fit_failure(error: Exception, watchdog: Watchdog) -> str:
+    """Why a fit failed, in one line: the watchdog's verdict, else each failed rank's exception with
+    where the rank ran and what it was doing (its notes), else the innermost error's line."""
+    if watchdog.verdict is not None:
+        return watchdog.verdict
+    alive = {n["NodeID"] for n in _ray_nodes() if n.get("Alive")}
+    return faults.describe_failure(error, watchdog.notes(), alive) or failure_reason(error)
+
+
+def _finished_before_failure(channel: ProgressChannel) -> list[list[dict[str, Any]]]:
+    """The records that a failed shared worker group's rank 0 put on the board as its trials ended."""
+    import ray
+
+    try:
+        return ray.get(channel.board.records.remote(channel.run), timeout=10.0)
+    except Exception:  # noqa: BLE001 - the board is gone: those trials run again on resume
+        return []
 
 
 def _ray_nodes() -> list[dict[str, Any]]:
@@ -209,12 +277,15 @@ def make_trainer(
     name: str | None = None,
     profile_dir: str | None = None,
     progress: ProgressChannel | None = None,
+    more: Sequence[tuple[TrialSpec, str | None]] = (),
 ):
     """The TorchTrainer of a trial; `train_fn` replaces the training (the benchmark times an empty one).
 
     `profile_dir`: where each rank writes its torch.profiler trace (None: no profile). `progress`: where
     every rank sends its heartbeat notes, with the trial's deadline that each rank checks between steps
     and phases (None: no notes and no deadline; only the start and collective timeouts below bound it).
+    `more`: the trials (with their profile_dir) that run after `spec` in the same workers (a shared
+    worker group); they need what `spec` needs of the workers (study/groups.py).
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
@@ -222,7 +293,7 @@ def make_trainer(
     from tinyfold_ray.train.worker import train_worker
 
     run_name = name or _run_name(spec)
-    limit = faults.time_limit_s(spec, use_gpu)
+    limit = sum(faults.time_limit_s(s, use_gpu) for s in [spec, *(s for s, _ in more)])
     # The worker group's start and the process group's collectives (TorchConfig.timeout_s, 1,800 s by
     # default) wait no longer than the trial may run.
     start_timeout = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(min(spec.start_timeout_s, limit))}
@@ -237,6 +308,7 @@ def make_trainer(
             "use_gpu": use_gpu,
             "profile_dir": profile_dir,
             "progress": progress,
+            "more": list(more),
         },
         torch_config=TorchConfig(backend=comm, timeout_s=max(1, math.ceil(limit))),
         scaling_config=ScalingConfig(

@@ -43,16 +43,37 @@ from tinyfold_ray.train.step import build_training
 
 def train_worker(
     config: dict[str, Any], *, wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
-) -> list[dict[str, Any]] | None:
-    """`wrap_model`, for tests only (no study or TrialSpec key reaches it): wraps this rank's bare model
+) -> list[list[dict[str, Any]]] | None:
+    """Run the trial `config["spec"]`, then each of `config["more"]` ((spec, profile_dir) pairs: a
+    shared worker group's next trials), each with a model, optimiser and data of its own. Rank 0
+    returns each trial's records (one per rank); with more trials to come it also puts them on the
+    board as each trial ends, so that a later trial's failure loses none (trial.py reads them).
+
+    `wrap_model`, for tests only (no study or TrialSpec key reaches it): wraps this rank's bare model
     before DDP; tests/test_trial.py slows one rank with it. `config["progress"]`: the trial's
     heartbeat channel (a ProgressChannel; absent or None: no heartbeat and no deadline)."""
     entered = time.time()
     rank = ray.train.get_context().get_world_rank()
-    beat = Heartbeat(config.get("progress"), rank, now=entered)
+    channel = config.get("progress")
+    beat = Heartbeat(channel, rank, now=entered)
     beat.locate(node_id=ray.get_runtime_context().get_node_id())
+    trials = [(config["spec"], config.get("profile_dir")), *config.get("more", ())]
+    finished = []
     with beat:
-        return _train(config, beat, wrap_model)
+        for index, (spec, profile_dir) in enumerate(trials):
+            if index:
+                beat.next_trial()
+                # Compiled code is cached per function and guarded on the module it traced: a fresh model
+                # would recompile each trial until dynamo's recompile limit, then run eagerly unnoticed.
+                torch.compiler.reset()
+            beat.locate(trial=spec.trial_id)
+            records = _train({**config, "spec": spec, "profile_dir": profile_dir}, beat, wrap_model)
+            if rank == 0:
+                finished.append(records)
+                if index + 1 < len(trials) and channel is not None:
+                    # Not waited for (a first call waited 1.3 s): calls from one caller run in order.
+                    channel.board.put_records.remote(channel.run, index, records)
+    return finished if rank == 0 else None
 
 
 def _train(
@@ -137,6 +158,9 @@ def _train(
     }
     records = [None] * dist.get_world_size() if rank == 0 else None
     dist.gather_object(record, records, dst=0)
+    if rank == 0:
+        # When this trial's records were all here: the next trial of a shared group begins there.
+        records[0]["gathered_at"] = time.time()
     return records
 
 
