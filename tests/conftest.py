@@ -1,10 +1,10 @@
-import os
 import signal
 
 import pytest
 
 from tests.ray_helpers import start_shared_ray, stop_shared_ray
 from tinyfold_ray.config import ModelConfig
+from tinyfold_ray.ray_session import RAY_PROCESS_ENV, environ_kept
 
 # A test that runs trials on the session's shared embedded Ray asks for this fixture (conftest's below,
 # or a module's own of this name that enters ray_helpers.embedded_ray).
@@ -40,14 +40,12 @@ def _process_state_restored():
     """Every test leaves the process environment and its Ctrl-C handler as it found them: no variable
     set by one test (or by the code it runs) reaches a later test or the subprocesses it starts, and a
     study run in-process leaves no Ray Tune SIGINT handler behind (Tune installs one per run and keeps
-    it)."""
-    saved = dict(os.environ)
+    it). Ray's process-wide settings (ray_session.RAY_PROCESS_ENV) stay, as connect() keeps them: the
+    first cluster this process started set them for every later one."""
     on_sigint = signal.getsignal(signal.SIGINT)
-    yield
+    with environ_kept(keep=RAY_PROCESS_ENV):
+        yield
     signal.signal(signal.SIGINT, on_sigint)
-    if os.environ != saved:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _shares_ray(item: pytest.Item | None) -> bool:

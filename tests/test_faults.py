@@ -219,6 +219,6 @@ def test_a_worker_frozen_while_the_worker_group_starts_is_ended_at_the_limit(tmp
     error = ended["outcome"].row["error"]
     print(f"frozen in start-up: row after {took:.1f} s: {error}")
     assert error == f"timed out after {limit} s in start-up (a worker on {HOST}, pid {freezer.pid})"
-    assert took < limit + watchdog.DEADLINE_GRACE_S + 5
+    assert took < limit + 5  # no rank runs yet that could end itself: no grace to wait for
     assert _gone(freezer.pid)
     assert _cpus_back()

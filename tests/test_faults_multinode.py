@@ -45,10 +45,6 @@ def _remove_when_working(cluster, node, key: str, removed: dict) -> None:
         time.sleep(0.1)
 
 
-# slow: in one pytest process after the in-process study fault tests (test_faults_study.py) a new
-# cluster of its own fails to start (GCS port file timeout, or its first worker group dies with
-# ActorDiedError); alone, or run with `-m slow`, it passes. Cause not found yet.
-@pytest.mark.slow
 def test_a_lost_node_is_a_failed_row_and_the_next_trial_runs_on_what_is_left(cluster, tmp_path):
     cluster, doomed = cluster
     # One worker on each node: STRICT_SPREAD, one MOCK_GPU per node.

@@ -79,16 +79,25 @@ def environ_defaults(values: Mapping[str, str]) -> Iterator[None]:
             os.environ.pop(name, None)
 
 
+# What `ray.init` sets that must outlive its session: the authentication mode of the first cluster this
+# process started holds for the process. Taken back, the next cluster the process starts (after
+# ray.shutdown) runs without it while this process still authenticates, and its first actors die
+# before they run.
+RAY_PROCESS_ENV = ("RAY_AUTH_MODE",)
+
+
 @contextlib.contextmanager
-def environ_kept() -> Iterator[None]:
-    """Put this process's environment back as it was before the block, whatever the block set."""
+def environ_kept(keep: tuple[str, ...] = ()) -> Iterator[None]:
+    """Put this process's environment back as it was before the block, whatever the block set, except
+    the variables named in `keep`, which keep what the block set."""
     saved = dict(os.environ)
     try:
         yield
     finally:
-        if os.environ != saved:
+        kept = {name: os.environ[name] for name in keep if name in os.environ}
+        if os.environ != {**saved, **kept}:
             os.environ.clear()
-            os.environ.update(saved)
+            os.environ.update({**saved, **kept})
 
 
 @functools.cache
@@ -129,10 +138,11 @@ def connect(*, verbose: bool = False, num_cpus: int | None = None) -> str:
 
     The caller's environment is left as it was: what the cluster's processes need travels in its
     runtime environment, and what importing Ray and `ray.init` set in this process (RAY_CLIENT_MODE,
-    RAY_AUTH_MODE, RAY_USAGE_STATS_ENABLED, PYTHONBREAKPOINT) is taken back once the cluster runs: its
-    processes have their own copies by then, and this one has read them.
+    RAY_USAGE_STATS_ENABLED, PYTHONBREAKPOINT) is taken back once the cluster runs: its processes have
+    their own copies by then, and this one has read them. Only RAY_AUTH_MODE stays (RAY_PROCESS_ENV):
+    Ray's authentication holds for the whole process.
     """
-    with environ_kept():
+    with environ_kept(keep=RAY_PROCESS_ENV):
         return _connect(verbose, num_cpus)
 
 

@@ -102,7 +102,12 @@ def bench_trial(args) -> list[Row]:
     from tinyfold_ray.ray_session import connect
 
     connect()
-    return [_ray_overhead_row(args), *_fixed_cost_rows(args), _study_cost_row(args)]
+    return [
+        _ray_overhead_row(args),
+        *_fixed_cost_rows(args),
+        *_shared_group_rows(args),
+        _study_cost_row(args),
+    ]
 
 
 def _ray_overhead_row(args) -> Row:
@@ -183,6 +188,55 @@ def _fixed_cost_rows(args) -> list[Row]:
     return [Row("fixed cost per trial (wall - measured steps)", "< 5 s", value, settings), floor]
 
 
+def _shared_group_rows(args) -> list[Row]:
+    """The opt-in shared worker group: `--repeats` + 1 (at least 2) trials of the fixed-cost bench's
+    settings in one fit (run_trials), so that they pay one start-up; printed under the fresh trials'
+    fixed cost and Ray Train's floor."""
+    from tinyfold_ray.train.trial import run_trials
+
+    specs = _shared_group_specs(max(2, args.repeats + 1))
+    _progress(f"shared worker group: {len(specs)} trials in one fit")
+    outcomes = run_trials(specs, None)
+    settings = (
+        f"smoke model, 1 cpu worker, {SMOKE_TRAIN.num_steps} steps each, one worker group, "
+        f"Ray already running, {_health_check()}"
+    )
+    return shared_group_figures([o.row for o in outcomes], settings)
+
+
+def _shared_group_specs(count: int) -> list[TrialSpec]:
+    """The fixed-cost bench's trial `count` times as one shared worker group (study/groups.py)."""
+    return [_bench_spec(f"shared{i}", SMOKE_TRAIN, worker_group="shared", repeat=i) for i in range(count)]
+
+
+def shared_group_figures(trials: list[dict], settings: str) -> list[Row]:
+    """The figures of one shared worker group from its trials' rows, in run order: the group's wall time
+    (its rows' wall times add up to it), the measured steps' share of it, and the fixed cost
+    (wall - measured steps) of its first trial, which carries the start-up, and of the later ones."""
+    wall_figure = "shared worker group: wall time (opt-in mode)"
+    failed = [t for t in trials if t["status"] != "ok"]
+    if failed:
+        return [Row(wall_figure, "", f"{failed[0]['trial_id']} failed: {failed[0]['error']}", settings)]
+    wall = sum(t["wall_time_s"] for t in trials)
+    measured = sum(t["wall_time_s"] - t["overhead_s"] for t in trials)
+    later = [t["overhead_s"] for t in trials[1:]]
+    return [
+        Row(
+            wall_figure,
+            "",
+            f"{wall:.1f} s for {len(trials)} trials (measured steps {measured / wall:.1%} of it)",
+            settings,
+        ),
+        Row(
+            "fixed cost per trial in a shared worker group",
+            "",
+            f"first {trials[0]['overhead_s']:.2f} s, later {statistics.median(later):.2f} s "
+            f"(median of {len(later)})",
+            settings,
+        ),
+    ]
+
+
 def _study_cost_row(args) -> Row:
     """What a trial costs a study beyond its measured steps, Tune's own work included."""
     from tinyfold_ray.results.loader import load_results
@@ -244,11 +298,15 @@ def _bench_spec(
     num_workers: int = 1,
     model: ModelConfig = SMOKE_MODEL,
     cpus_per_worker: float = 1.0,
+    worker_group: str = "fresh",
+    repeat: int = 0,
 ) -> TrialSpec:
     """A CPU trial of the benchmark (its results are not written anywhere)."""
     return TrialSpec(
         study="bench",
         trial_id=trial_id,
+        repeat=repeat,
+        worker_group=worker_group,
         num_workers=num_workers,
         device="cpu",
         cpus_per_worker=cpus_per_worker,

@@ -9,7 +9,8 @@ every POLL_S. It gives a verdict when
   SILENT_S (a stopped or dead process sends nothing; one blocked in a collective still beats); the
   same silence of a worker process still starting up (its start-up notes, train/startup.py);
 - the deadline passed DEADLINE_GRACE_S ago and the ranks, which check the deadline themselves between
-  steps and phases, did not end the trial (one is stuck inside a step or a collective).
+  steps and phases, did not end the trial (one is stuck inside a step or a collective); or the deadline
+  passed before any rank began its train function (the worker group never finished starting).
 
 On a verdict it kills every worker actor that sent its handle (`ray.kill`), with its rank's notes or
 its start-up notes: Ray Train waits on a worker group's start without a timeout. Ray Train's controller then
@@ -160,7 +161,10 @@ class Watchdog:
             ranks, starting = read
             if self.verdict is None:
                 self.verdict = hang_reason(ranks, starting)
-            if self.verdict is None and time.time() >= self.channel.deadline + DEADLINE_GRACE_S:
+            # Ranks raise at the deadline themselves; before any rank runs its train function (the
+            # worker group still starting) none can, so there is nothing to wait for.
+            grace = DEADLINE_GRACE_S if ranks else 0.0
+            if self.verdict is None and time.time() >= self.channel.deadline + grace:
                 self.verdict = timeout_reason(self.channel.limit_s, ranks, self.num_workers, starting)
             if self.verdict is not None:
                 # Workers still starting up send their handles later: they are ended as they come.
