@@ -23,10 +23,6 @@ def two_nodes():
     cluster.shutdown()
 
 
-# Slow: in the full default run (after test_faults and test_job_submit) its first worker group died
-# at start (ActorDiedError) in 2 of 4 runs on the 2-core machine; alone, and after test_job_submit
-# only, it passed every time. Run it with -m slow until that interaction is understood.
-@pytest.mark.slow
 def test_spread_trial_records_two_nodes_by_ray_node_id(two_nodes, tmp_path):
     spec = TrialSpec(
         study="multi",

@@ -88,7 +88,11 @@ def test_the_summary_never_averages_shared_and_fresh_trials_into_one_point():
 def test_a_shared_group_keeps_each_trials_row_and_a_failure_loses_no_finished_trial(tmp_path):
     training = TrainConfig(batch_size=2, num_steps=4, warmup_steps=2)
     base = TrialSpec(study="grp", device="cpu", worker_group="shared", model=SMALL_MODEL, train=training)
-    ok = [replace(base, trial_id=f"ok{i}", repeat=i) for i in range(2)]
+    # The second trial steps for seconds, long enough to see the first one's row written meanwhile.
+    ok = [
+        replace(base, trial_id="ok0"),
+        replace(base, trial_id="ok1", train=replace(training, num_steps=400)),
+    ]
     # A learning rate of 1e6 drives the loss to inf/nan: that trial raises on its rank.
     diverges = replace(base, trial_id="diverges", train=replace(training, learning_rate=1e6))
     after = replace(base, trial_id="after")
@@ -109,6 +113,9 @@ def test_a_shared_group_keeps_each_trials_row_and_a_failure_loses_no_finished_tr
         assert sum(row[c] for c in PHASE_COLUMNS) == pytest.approx(row["wall_time_s"], abs=1e-6)
     steps = pd.read_parquet(tmp_path / "grp" / "_steps")
     assert sorted(steps["trial_id"].unique()) == ["ok0", "ok1"]
+    # Each row is written as its trial ends, not when the group does: a driver killed mid-group keeps it.
+    written = (tmp_path / "grp" / "ok0.parquet").stat().st_mtime
+    assert written < second["end_time"].timestamp(), (written, second["end_time"])
 
 
 @pytest.mark.usefixtures("ray_cluster")

@@ -14,6 +14,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -56,6 +57,8 @@ TRAIN_ENV = {
 # default model took 5.91 s in a thread against 5.49 s on a main thread; with one arena 5.11 s against
 # 5.09 s. GPU runs allocate little on the host and do not notice.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "1"}
+# How often a shared worker group's driver looks for trials that ended, to write their rows.
+RECORDS_POLL_S = 1.0
 # A measured step's parts, per rank and step (train/breakdown.py split_steps).
 STEP_PARTS = ("compute_time_s", "comm_exposed_s", "optimizer_time_s")
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)):\s*(.+)$")
@@ -133,35 +136,18 @@ def run_trials(
     """
     t0 = time.time()
     use_gpu, error = check_placement(specs[0], alive_nodes(), reserved_cpus)
-    finished: list[list[dict[str, Any]]] = []
-    if error is None:
-        limit = sum(faults.time_limit_s(s, use_gpu) for s in specs)
-        profile_dirs = [
-            join(output, s.study, PROFILES_DIR, s.trial_id) if s.profile and output else None for s in specs
-        ]
-        try:
-            finished, error = _fit(specs, use_gpu, t0 + limit, limit, profile_dirs, train_fn, progress)
-        except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
-            error = failure_reason(e)
-    t_end = time.time()
+    outcomes: list[TrialOutcome] = []
+    ends: list[float] = []
 
     def outcome(spec: TrialSpec, records, error: str | None, begin: float, end: float) -> TrialOutcome:
         started, ended = (datetime.fromtimestamp(t, timezone.utc) for t in (begin, end))
         return build_outcome(spec, records, error, use_gpu, started, ended, end - begin, git_commit)
 
-    outcomes = []
-    begin = t0
-    for index, spec in enumerate(specs):
-        records, reason, end = None, error, t_end
-        if index < len(finished):
-            records, reason = finished[index], None
-            if index < len(specs) - 1:
-                end = records[0].get("gathered_at", t_end)
-        elif index > len(finished):
-            reason, end = (
-                f"not run: trial {specs[len(finished)].trial_id} of its worker group failed first",
-                begin,
-            )
+    def finish(records: list[dict[str, Any]] | None, reason: str | None, end: float | None) -> None:
+        """The next trial's row, from where the one before it ended until `end` (None: it did not run),
+        written at once: a shared group's trial is kept even if its driver dies before the group ends."""
+        spec, begin = specs[len(outcomes)], ends[-1] if ends else t0
+        end = begin if end is None else end
         try:
             result = outcome(spec, records, reason, begin, end)
         except Exception as e:  # noqa: BLE001 - a fault in the row (a missing figure, a bug) is recorded too
@@ -179,7 +165,39 @@ def run_trials(
                     failed.lost = str(lost)
                     result = failed
         outcomes.append(result)
-        begin = end
+        ends.append(end)
+
+    finished: list[list[dict[str, Any]]] = []
+    if error is None:
+        limit = sum(faults.time_limit_s(s, use_gpu) for s in specs)
+        profile_dirs = [
+            join(output, s.study, PROFILES_DIR, s.trial_id) if s.profile and output else None for s in specs
+        ]
+        try:
+            finished, error = _fit(
+                specs,
+                use_gpu,
+                t0 + limit,
+                limit,
+                profile_dirs,
+                train_fn,
+                progress,
+                # A shared group's trial that ended while the group goes on: it ended when gathered.
+                on_ended=lambda records: finish(records, None, records[0]["gathered_at"]),
+            )
+        except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
+            error = failure_reason(e)
+    t_end = time.time()
+    for index in range(len(outcomes), len(specs)):
+        if index < len(finished):
+            last = index == len(specs) - 1
+            finish(finished[index], None, t_end if last else finished[index][0].get("gathered_at", t_end))
+        elif index == len(finished):
+            finish(None, error, t_end)
+        else:
+            finish(
+                None, f"not run: trial {specs[len(finished)].trial_id} of its worker group failed first", None
+            )
     return outcomes
 
 
@@ -205,13 +223,15 @@ def _fit(
     profile_dirs: list[str | None],
     train_fn: Callable[[dict], Any] | None = None,
     progress: ProgressChannel | None = None,
+    on_ended: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> tuple[list[list[dict[str, Any]]], str | None]:
     """(the records of each trial that finished, by rank, each with `node_gpus`: its node's GPU count as
     Ray knows it; why the next one failed, or None).
 
     The ranks send their heartbeats to `progress`'s board (a study's), else to this process's own; the
     watchdog reads them while the fit runs and ends a hung trial, or one its ranks cannot end at the
-    deadline (train/watchdog.py)."""
+    deadline (train/watchdog.py). `on_ended` gets, in order and while the fit runs, the records of each
+    trial of a shared group that ended before the group's last (rank 0 puts them on the board)."""
     spec = specs[0]
     name = _run_name(spec)
     channel = (
@@ -219,7 +239,22 @@ def _fit(
         if progress is not None
         else ProgressChannel(process_board(), spec.trial_id, run=name, deadline=deadline, limit_s=limit)
     )
+    delivered, stop = [], threading.Event()
+
+    def deliver() -> None:
+        for records in _board_records(channel)[len(delivered) :]:
+            delivered.append(records)
+            if on_ended is not None:
+                on_ended(_with_node_gpus(records))
+
+    def poll() -> None:
+        while not stop.wait(RECORDS_POLL_S):
+            deliver()
+
+    poller = threading.Thread(target=poll, name="tinyfold-records", daemon=True)
     with Watchdog(channel, spec.num_workers) as watchdog:
+        if len(specs) > 1:
+            poller.start()
         try:
             trainer = make_trainer(
                 spec,
@@ -233,15 +268,23 @@ def _fit(
             finished = trainer.fit().return_value
             error = None
         except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
-            finished = _finished_before_failure(channel) if len(specs) > 1 else []
-            error = _fit_failure(e, watchdog)
+            finished, error = None, _fit_failure(e, watchdog)
+        finally:
+            stop.set()
+            if poller.is_alive():
+                poller.join()
+        if finished is None and len(specs) > 1:
+            deliver()  # what rank 0 put on the board since the last poll
+            finished = delivered
+    return [_with_node_gpus(records) for records in finished or []], error
+
+
+def _with_node_gpus(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`records` by rank, each with `node_gpus`: its node's GPU count as Ray knows it."""
     gpus = {n["NodeID"]: int(n.get("Resources", {}).get("GPU", 0)) for n in _ray_nodes()}
-    return [
-        sorted(
-            ({**r, "node_gpus": gpus.get(r["node_id"], 0)} for r in records), key=lambda r: r["world_rank"]
-        )
-        for records in finished
-    ], error
+    return sorted(
+        ({**r, "node_gpus": gpus.get(r["node_id"], 0)} for r in records), key=lambda r: r["world_rank"]
+    )
 
 
 def _fit_failure(error: Exception, watchdog: Watchdog) -> str:
@@ -253,8 +296,8 @@ def _fit_failure(error: Exception, watchdog: Watchdog) -> str:
     return faults.describe_failure(error, watchdog.notes(), alive) or failure_reason(error)
 
 
-def _finished_before_failure(channel: ProgressChannel) -> list[list[dict[str, Any]]]:
-    """The records that a failed shared worker group's rank 0 put on the board as its trials ended."""
+def _board_records(channel: ProgressChannel) -> list[list[dict[str, Any]]]:
+    """The records that a shared worker group's rank 0 put on the board as its trials ended."""
     import ray
 
     try:
