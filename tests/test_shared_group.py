@@ -2,6 +2,7 @@
 another; each keeps its own row, the group's start-up is paid once, and a failure loses no finished trial.
 """
 
+import re
 from dataclasses import replace
 
 import pandas as pd
@@ -124,18 +125,23 @@ def test_a_shared_study_prints_a_line_per_trial_and_resumes_by_trial(tmp_path, c
         "name": "shared-run",
         "resources": {"device": "cpu", "cpus_per_worker": 1, "worker_group": "shared"},
         "model": TINY_STUDY_MODEL,
-        "train": {"num_steps": 3, "warmup_steps": 2},
+        # Enough steps (a few ms each) that the heartbeat lines below see the group's trials in turn.
+        "train": {"num_steps": 60, "warmup_steps": 2},
         "sweep": {"num_workers": [1], "batch_per_worker": [2, 4], "learning_rate": [1e-3, 2e-3]},
     }
     path = tmp_path / "shared.yaml"
     path.write_text(yaml.safe_dump(study))
     out = tmp_path / "results"
+    argv = [str(path), "--output", str(out), "--progress-every", "0.2"]
 
-    code, printed, err = run_cli("tinyfold_ray.study", study_main, [str(path), "--output", str(out)], capsys)
+    code, printed, err = run_cli("tinyfold_ray.study", study_main, argv, capsys)
 
     assert code == 0, printed[-3000:] + err[-3000:]
     for n in range(1, 5):
         assert f"[{n}/4] " in printed
+    # The group's heartbeat lines name the trial its rank 0 runs, not always the group's first.
+    beating = set(re.findall(r"^  \[\d/4\] (\S+): ", printed, re.M))
+    assert len(beating) >= 2, printed
     rows = pd.read_parquet(out / "shared-run")
     assert rows["status"].eq("ok").all() and rows["worker_group"].eq("shared").all()
     assert sorted(rows["run_order"]) == [0, 1, 2, 3]
@@ -143,5 +149,5 @@ def test_a_shared_study_prints_a_line_per_trial_and_resumes_by_trial(tmp_path, c
     by_order = rows.sort_values("run_order")
     assert by_order["startup_s"].iloc[0] > 1.0 > by_order["startup_s"].iloc[1:].max()
 
-    code, printed, _ = run_cli("tinyfold_ray.study", study_main, [str(path), "--output", str(out)], capsys)
+    code, printed, _ = run_cli("tinyfold_ray.study", study_main, argv, capsys)
     assert code == 0 and "resuming: 4 finished trial(s) kept and skipped" in printed, printed

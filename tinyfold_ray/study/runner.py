@@ -281,8 +281,9 @@ def run_study(
             now = time.monotonic()
             for name in [g for g, last in beaten.items() if heartbeat_s and now - last >= heartbeat_s]:
                 beaten[name] = now
-                tid = current(name)
                 note = read_progress(board, name)
+                # A shared group's rank 0 names the trial it runs; its line comes when the group ends.
+                tid = note["trial"] if note and note.get("trial") in specs else current(name)
                 progress(heartbeat_line(f"[{order[tid]}/{len(todo)}]", specs[tid], note, now - started[name]))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
