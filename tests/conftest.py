@@ -9,6 +9,9 @@ from tinyfold_ray.ray_session import RAY_PROCESS_ENV, environ_kept
 # A test that runs trials on the session's shared embedded Ray asks for this fixture (conftest's below,
 # or a module's own of this name that enters ray_helpers.embedded_ray).
 SHARED_RAY_FIXTURE = "ray_cluster"
+# A module whose tests share a cluster of the module's own (ray.cluster_utils.Cluster) names its
+# module-scoped fixture so: that Ray stays from one of its tests to the next.
+OWN_CLUSTER_FIXTURE = "own_cluster"
 
 
 @pytest.fixture
@@ -48,17 +51,24 @@ def _process_state_restored():
     signal.signal(signal.SIGINT, on_sigint)
 
 
-def _shares_ray(item: pytest.Item | None) -> bool:
-    return item is not None and SHARED_RAY_FIXTURE in getattr(item, "fixturenames", ())
+def _same_ray(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Whether `nextitem` uses the Ray that `item` used: both ask for the shared one, or both are tests
+    of one module that share that module's own cluster."""
+    if nextitem is None:
+        return False
+    uses = {f for f in (SHARED_RAY_FIXTURE, OWN_CLUSTER_FIXTURE) if f in getattr(item, "fixturenames", ())}
+    if OWN_CLUSTER_FIXTURE in uses and item.module is not nextitem.module:
+        uses.discard(OWN_CLUSTER_FIXTURE)
+    return bool(uses & set(getattr(nextitem, "fixturenames", ())))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
-    """Keep the shared Ray only from one test that asks for it to the next that does: any other test
-    (one that starts a cluster of its own, or none) runs without an initialised Ray in this process,
-    whatever the order the tests run in."""
+    """Keep a Ray only from one test to the next that uses it (the shared one, or a module's own
+    cluster): any other test runs without an initialised Ray in this process, whatever the order the
+    tests run in."""
     try:
         return (yield)
     finally:
-        if not (_shares_ray(item) and _shares_ray(nextitem)):
+        if not _same_ray(item, nextitem):
             stop_shared_ray()

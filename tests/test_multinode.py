@@ -13,7 +13,7 @@ from tinyfold_ray.train.trial import run_trial
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
+def own_cluster():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "resources": {"MOCK_GPU": 2}})
     cluster.add_node(num_cpus=2, resources={"MOCK_GPU": 2})
     # As the embedded cluster of a study is set up (ray_session.connect).
@@ -23,7 +23,7 @@ def two_nodes():
     cluster.shutdown()
 
 
-def test_spread_trial_records_two_nodes_by_ray_node_id(two_nodes, tmp_path):
+def test_spread_trial_records_two_nodes_by_ray_node_id(own_cluster, tmp_path):
     spec = TrialSpec(
         study="multi",
         trial_id="w4",
@@ -45,7 +45,7 @@ def test_spread_trial_records_two_nodes_by_ray_node_id(two_nodes, tmp_path):
     assert ranks.local_rank.nunique() == 4
 
 
-def test_more_mock_gpus_than_the_cluster_has_fails_without_waiting(two_nodes, tmp_path):
+def test_more_mock_gpus_than_the_cluster_has_fails_without_waiting(own_cluster, tmp_path):
     spec = TrialSpec(
         study="multi", trial_id="w6", num_workers=6, resources_per_worker={"MOCK_GPU": 1}, model=SMALL_MODEL
     )
