@@ -250,10 +250,13 @@ def run_study(
     started: dict[str, float] = {}  # running group -> when its current trial started (time.monotonic())
     beaten: dict[str, float] = {}  # running group -> when its last heartbeat line was printed
 
+    def ended_so_far() -> set[str]:
+        return set(report.ok) | set(report.failed)
+
     def current(name: str) -> str:
         """The running group's trial that has not ended yet."""
-        done = set(report.ok) | set(report.failed)
-        return next(t.trial_id for t in groups[name] if t.trial_id not in done)
+        ended = ended_so_far()
+        return next(t.trial_id for t in groups[name] if t.trial_id not in ended)
 
     def ended(tid: str, wall_s: float | None) -> str:
         """Note that `tid` ended after `wall_s` (None: unknown); the line's ending: the study's time
@@ -261,7 +264,7 @@ def run_study(
         now = time.monotonic()
         name = group_of[tid]
         time_left.finished(specs[tid], wall_s if wall_s is not None else now - started.get(name, now))
-        done = set(report.ok) | set(report.failed)
+        done = ended_so_far()
         if all(t.trial_id in done for t in groups[name]):
             started.pop(name, None)
             beaten.pop(name, None)
@@ -314,7 +317,7 @@ def run_study(
                 )
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            done = set(report.ok) | set(report.failed)
+            done = ended_so_far()
             for tid in [t.trial_id for t in groups[trial.config["group"]] if t.trial_id not in done]:
                 report.failed.append(tid)
                 progress(

@@ -245,7 +245,7 @@ def _fit(
         for records in _board_records(channel)[len(delivered) :]:
             delivered.append(records)
             if on_ended is not None:
-                on_ended(_with_node_gpus(records))
+                on_ended(_by_rank(records, _node_gpus()))
 
     def poll() -> None:
         while not stop.wait(RECORDS_POLL_S):
@@ -276,12 +276,17 @@ def _fit(
         if finished is None and len(specs) > 1:
             deliver()  # what rank 0 put on the board since the last poll
             finished = delivered
-    return [_with_node_gpus(records) for records in finished or []], error
+    gpus = _node_gpus()  # one lookup for every trial of the group
+    return [_by_rank(records, gpus) for records in finished or []], error
 
 
-def _with_node_gpus(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`records` by rank, each with `node_gpus`: its node's GPU count as Ray knows it."""
-    gpus = {n["NodeID"]: int(n.get("Resources", {}).get("GPU", 0)) for n in _ray_nodes()}
+def _node_gpus() -> dict[str, int]:
+    """Each node's GPU count as Ray knows it."""
+    return {n["NodeID"]: int(n.get("Resources", {}).get("GPU", 0)) for n in _ray_nodes()}
+
+
+def _by_rank(records: list[dict[str, Any]], gpus: dict[str, int]) -> list[dict[str, Any]]:
+    """`records` by rank, each with `node_gpus`: its node's GPU count (`gpus`, from _node_gpus)."""
     return sorted(
         ({**r, "node_gpus": gpus.get(r["node_id"], 0)} for r in records), key=lambda r: r["world_rank"]
     )
