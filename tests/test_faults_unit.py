@@ -152,6 +152,12 @@ def test_study_key_sets_every_trials_limit(tmp_path):
     assert {t.trial_timeout_s for t in expand(parse_study(raw))} == {90.0}
     with pytest.raises(Exception, match=r"resources.trial_timeout_s=0.0 is not allowed: must be > 0"):
         parse_study({**raw, "resources": {"trial_timeout_s": 0}})
+    # The stall slack the same way: every trial's watchdog uses it; not a setting of the result.
+    slack = {"name": "t", "resources": {"stall_slack_s": 5}, "sweep": {"num_workers": [1, 2]}}
+    assert {t.stall_slack_s for t in expand(parse_study(slack))} == {5.0}
+    assert {t.stall_slack_s for t in expand(parse_study(raw))} == {watchdog.STALL_SLACK_S}
+    with pytest.raises(Exception, match=r"resources.stall_slack_s=-1.0 is not allowed: must be > 0"):
+        parse_study({**raw, "resources": {"stall_slack_s": -1}})
 
 
 # --- the hang watchdog -----------------------------------------------------------------------------------
@@ -191,6 +197,9 @@ def test_slow_steps_and_phases_without_steps_are_no_hang():
         assert watchdog.hang_reason({0: _rank(phase=phase, done=None, stalled_s=500.0)}) is None
     silent = _rank(phase="build", done=None, silent_s=watchdog.SILENT_S, stalled_s=watchdog.SILENT_S)
     assert watchdog.hang_reason({0: silent}) == "rank 0 on node-a made no progress for 30 s in build"
+    # A trial's own slack moves the limit by as much.
+    stalled = {0: _rank(stalled_s=limit - 1, step_s=2.0)}
+    assert watchdog.hang_reason(stalled, slack_s=watchdog.STALL_SLACK_S - 2) is not None
 
 
 def test_the_deadline_verdict_names_the_rank_furthest_behind():

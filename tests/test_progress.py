@@ -1,11 +1,8 @@
 """Progress of a running study: heartbeat lines of a running trial, the study's time left, and --dry-run's
-marks of the trials already done. The end-to-end study runs on the embedded Ray CPU cluster."""
+marks of the trials already done. A real study's heartbeat lines: test_study_run.py (with Ctrl-C)."""
 
 import os
-import re
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
@@ -13,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from tests.ray_helpers import TINY_STUDY_MODEL
 from tinyfold_ray.config import TrainConfig, TrialSpec
 from tinyfold_ray.results.schema import config_hash, config_values
 from tinyfold_ray.results.writer import write_trial
@@ -201,33 +197,3 @@ def test_progress_every_must_be_seconds(capsys):
         main(["any.yaml", "--progress-every", "-1"])
     assert exit_.value.code == 2
     assert "--progress-every: '-1' is not a number of seconds" in capsys.readouterr().err
-
-
-# --- a real study on the embedded Ray CPU cluster -------------------------------------------------------
-
-
-def test_a_running_study_prints_heartbeats_and_the_time_left(tmp_path):
-    study = {
-        "name": "beat",
-        "repeats": 2,
-        "resources": {"device": "cpu", "cpus_per_worker": 1},
-        "model": TINY_STUDY_MODEL,
-        # Enough measured steps (a few ms each) that the phase outlasts the heartbeat interval below.
-        "train": {"num_steps": 500, "warmup_steps": 2},
-        "sweep": {"num_workers": [1]},
-    }
-    path = tmp_path / "beat.yaml"
-    path.write_text(yaml.safe_dump(study))
-    cmd = [sys.executable, "-m", "tinyfold_ray.study", str(path), "--output", str(tmp_path / "out")]
-    proc = subprocess.run(cmd + ["--progress-every", "0.5"], capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-3000:]
-    beats = re.findall(r"^  \[(\d)/2\] (w1-r\d): measured steps (\d+)/500, \d+ s$", proc.stdout, re.M)
-    assert beats, output[-3000:]
-    assert all(int(done) <= 500 for _, _, done in beats)
-    first, second = (line for line in proc.stdout.splitlines() if re.match(r"\[\d/2\] w1-r\d ", line))
-    assert re.search(r"  ok; about \d+ s left$", first), first  # estimated from the first trial's wall
-    assert second.endswith("  ok")  # nothing left after the last
-    # The embedded cluster's start: its size explained, Ray's token-authentication advice not shown.
-    assert "embedded Ray with " in proc.stdout and "logical CPUs (this machine's " in proc.stdout
-    assert "Token authentication" not in output and "RAY_AUTH_MODE" not in output

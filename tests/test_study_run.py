@@ -4,6 +4,7 @@ Only the studies that are killed or interrupted run as processes of their own; t
 in this process, as `python -m` would, and join the session's shared embedded Ray."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,11 +22,11 @@ from tinyfold_ray.summary import main as summary_main
 from tinyfold_ray.train.cli import main as train_main
 
 
-def write_study(tmp_path: Path, name: str, sweep: dict, repeats: int = 1) -> Path:
+def write_study(tmp_path: Path, name: str, sweep: dict, repeats: int = 1, **resources) -> Path:
     study = {
         "name": name,
         "repeats": repeats,
-        "resources": {"device": "cpu", "cpus_per_worker": 1},
+        "resources": {"device": "cpu", "cpus_per_worker": 1, **resources},
         "model": TINY_STUDY_MODEL,
         "train": {"num_steps": 3, "warmup_steps": 2},
         "sweep": sweep,
@@ -169,11 +170,14 @@ def test_the_train_cli_runs_one_ray_train_trial_into_a_relative_output(
 
 # Last in this file, and without the shared Ray: Ctrl-C ends the study's process, and its embedded Ray
 # with it (in this process, the interrupted trial's placement group outlived the run for over 30 s).
-def test_ctrl_c_stops_cleanly_and_keeps_finished_trials(tmp_path):
+def test_a_running_study_prints_heartbeats_and_ctrl_c_stops_it_keeping_finished_trials(tmp_path):
     path = write_study(tmp_path, "sigint", {"num_workers": [1]}, repeats=3)
+    # Enough measured steps (a few ms each) that the phase outlasts the heartbeat interval below.
+    path.write_text(path.read_text().replace("num_steps: 3", "num_steps: 500"))
     out_dir = tmp_path / "results"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinyfold_ray.study", str(path), "--output", str(out_dir)],
+        [sys.executable, "-m", "tinyfold_ray.study", str(path), "--output", str(out_dir)]
+        + ["--progress-every", "0.5"],
         env=same_package_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -188,3 +192,13 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_trials(tmp_path):
     assert "Tuner.restore" not in output  # Tune's own advice would mislead
     trials = pd.read_parquet(out_dir / "sigint")
     assert trials.status.eq("ok").all() and 1 <= len(trials) < 3
+
+    # While it ran: heartbeat lines of the running trial, and the time left after the first trial.
+    beats = re.findall(r"^  \[(\d)/3\] (w1-r\d): measured steps (\d+)/500, \d+ s$", output, re.M)
+    assert beats, output[-3000:]
+    assert all(int(done) <= 500 for _, _, done in beats)
+    finished = [line for line in output.splitlines() if re.match(r"\[\d/3\] w1-r\d ", line)]
+    assert re.search(r"  ok; about \d+ s left$", finished[0]), finished  # from the first trial's wall
+    # The embedded cluster's start: its size explained, Ray's token-authentication advice not shown.
+    assert "embedded Ray with " in output and "logical CPUs (this machine's " in output
+    assert "Token authentication" not in output and "RAY_AUTH_MODE" not in output

@@ -33,6 +33,11 @@ GRAPH_EAGER_STEPS = 3
 DDP_GRAPH_EAGER_STEPS = 11
 ATTENTION_KERNELS = ("eager", "sdpa")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+# How long past ten median steps a rank may finish no step before its trial ends as hung
+# (train/watchdog.py), by default: 20 s is no scheduling hiccup even on a 2-core machine at load 15. For
+# the test model (about 50 ms a step) a hang is called after about 21 s; for the default model on CPU
+# (5.5 s a step) 75 s.
+STALL_SLACK_S = 20.0
 SCALING_MODES = ("weak", "strong")
 WORKER_GROUPS = ("fresh", "shared")
 
@@ -342,6 +347,9 @@ class TrialSpec:
     """Longest wait for the worker group to start before the trial fails."""
     trial_timeout_s: float | None = None
     """Longest wall time of the whole trial (start-up to teardown); None = derived from its work."""
+    stall_slack_s: float = STALL_SLACK_S
+    """A rank in its measured steps that finishes no step for this long plus ten times its median step
+    time is hung (train/watchdog.py)."""
     compile_cache: str | None = None
     """torch.compile's cache folder on each worker's node (TORCHINDUCTOR_CACHE_DIR; `~` is that node's
     home); None = torch's default, /tmp/torchinductor_<user>. Not a setting: results never depend on it."""
@@ -372,6 +380,7 @@ class TrialSpec:
         _require(self.start_timeout_s > 0, "start_timeout_s", self.start_timeout_s, "must be > 0")
         if self.trial_timeout_s is not None:
             _require(self.trial_timeout_s > 0, "trial_timeout_s", self.trial_timeout_s, "must be > 0")
+        _require(self.stall_slack_s > 0, "stall_slack_s", self.stall_slack_s, "must be > 0")
         if self.comm_backend is not None:
             _choice("comm_backend", self.comm_backend, ("nccl", "gloo"))
         if self.compile_cache is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from tinyfold_ray.config import (
     MAX_WORKERS,
+    STALL_SLACK_S,
     DDPConfig,
     ModelConfig,
     TrainConfig,
@@ -42,6 +43,7 @@ RESOURCE_FIELDS = {
     "extra": "resources_per_worker",
     "start_timeout_s": "start_timeout_s",
     "trial_timeout_s": "trial_timeout_s",
+    "stall_slack_s": "stall_slack_s",
     "compile_cache": "compile_cache",
     "worker_group": "worker_group",
 }
@@ -89,6 +91,8 @@ class StudySpec:
     start_timeout_s: float = 120.0
     trial_timeout_s: float | None = None
     """Wall-time limit of each trial; None = derived from the trial's work (train/faults.py)."""
+    stall_slack_s: float = STALL_SLACK_S
+    """How long past ten median steps a rank may finish no step before its trial ends as hung."""
     compile_cache: str | None = None
     """torch.compile's cache folder on every node (None: torch's default under /tmp)."""
     worker_group: str = "fresh"
@@ -134,6 +138,7 @@ def resolve(
         placement_strategy=settings.get("placement_strategy", spec.placement),
         start_timeout_s=spec.start_timeout_s,
         trial_timeout_s=spec.trial_timeout_s,
+        stall_slack_s=spec.stall_slack_s,
         compile_cache=spec.compile_cache,
         worker_group=spec.worker_group,
         profile=spec.profile,

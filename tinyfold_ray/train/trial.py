@@ -252,7 +252,8 @@ def _fit(
             deliver()
 
     poller = threading.Thread(target=poll, name="tinyfold-records", daemon=True)
-    with Watchdog(channel, spec.num_workers) as watchdog:
+    slack_s = max(s.stall_slack_s for s in specs)
+    with Watchdog(channel, spec.num_workers, stall_slack_s=slack_s) as watchdog:
         if len(specs) > 1:
             poller.start()
         try:

@@ -4,9 +4,10 @@ time limit whose ranks cannot end themselves, on public Ray APIs only.
 While `trainer.fit()` runs, a thread reads the trial's heartbeats from the board (train/heartbeat.py)
 every POLL_S. It gives a verdict when
 
-- a rank made no progress: in the measured steps its step count has not moved for
-  STALL_SLACK_S + STALL_STEPS x its median step time, or in any phase its heartbeat went silent for
-  SILENT_S (a stopped or dead process sends nothing; one blocked in a collective still beats); the
+- a rank made no progress: in the measured steps its step count has not moved for the trial's
+  stall_slack_s (STALL_SLACK_S by default) + STALL_STEPS x its median step time, or in any phase its
+  heartbeat went silent for SILENT_S (a stopped or dead process sends nothing; one blocked in a
+  collective still beats); the
   same silence of a worker process still starting up (its start-up notes, train/startup.py);
 - the deadline passed DEADLINE_GRACE_S ago and the ranks, which check the deadline themselves between
   steps and phases, did not end the trial (one is stuck inside a step or a collective); or the deadline
@@ -23,15 +24,14 @@ import threading
 import time
 from typing import Any
 
+from tinyfold_ray.config import STALL_SLACK_S
 from tinyfold_ray.train.heartbeat import ProgressChannel
 from tinyfold_ray.train.phases import MEASURED, STARTING, order
 
 POLL_S = 1.0
 # A step's time varies with the load (a 2-core machine at load 15 stalls a process for seconds) and
 # between ranks (a straggler is several times slower than its peers): only a step that takes ten times
-# the median, and 20 s more, is a hang. For the test model (about 50 ms a step) that is about 21 s; for
-# the default model on CPU (5.5 s a step) 75 s.
-STALL_SLACK_S = 20.0
+# the median, and STALL_SLACK_S (config.py) more, is a hang.
 STALL_STEPS = 10
 # A heartbeat thread needs the GIL for microseconds once a second; 30 s of silence is no scheduling
 # hiccup. The rank to name when several stalled is the one whose heartbeat is later than LATE_S.
@@ -43,9 +43,9 @@ DEADLINE_GRACE_S = 10.0
 UNKNOWN_HOST = "an unknown host"
 
 
-def stall_limit_s(step_s: float | None) -> float:
+def stall_limit_s(step_s: float | None, slack_s: float = STALL_SLACK_S) -> float:
     """How long a rank in the measured steps may go without finishing a step."""
-    return STALL_SLACK_S + STALL_STEPS * (step_s or 0.0)
+    return slack_s + STALL_STEPS * (step_s or 0.0)
 
 
 def _unranked(process: dict[str, Any]) -> str:
@@ -58,7 +58,9 @@ def _most_silent(starting: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def hang_reason(
-    ranks: dict[int, dict[str, Any]], starting: dict[str, dict[str, Any]] | None = None
+    ranks: dict[int, dict[str, Any]],
+    starting: dict[str, dict[str, Any]] | None = None,
+    slack_s: float = STALL_SLACK_S,
 ) -> str | None:
     """'rank r on host h made no progress for N s in <phase>' when a rank looks hung, else None; for a
     worker process still starting up (`starting`, the board's start-up notes), silent for SILENT_S,
@@ -66,7 +68,7 @@ def hang_reason(
 
     The rank named is the one whose heartbeat stopped (a stopped process), else the one furthest behind
     (its peers wait for it in their next collective)."""
-    reason = _rank_hang_reason(ranks)
+    reason = _rank_hang_reason(ranks, slack_s)
     if reason is None and starting:
         process = _most_silent(starting)
         if process["silent_s"] >= SILENT_S:
@@ -74,12 +76,12 @@ def hang_reason(
     return reason
 
 
-def _rank_hang_reason(ranks: dict[int, dict[str, Any]]) -> str | None:
+def _rank_hang_reason(ranks: dict[int, dict[str, Any]], slack_s: float) -> str | None:
     hung = [
         r
         for r, n in ranks.items()
         if n["silent_s"] >= SILENT_S
-        or (n["phase"] == MEASURED and n["stalled_s"] >= stall_limit_s(n["step_s"]))
+        or (n["phase"] == MEASURED and n["stalled_s"] >= stall_limit_s(n["step_s"], slack_s))
     ]
     if not hung:
         return None
@@ -121,9 +123,16 @@ class Watchdog:
     `verdict`: why it ended the trial (None: it did not). `notes()`: every rank's last note, read anew.
     """
 
-    def __init__(self, channel: ProgressChannel, num_workers: int, poll_s: float = POLL_S):
+    def __init__(
+        self,
+        channel: ProgressChannel,
+        num_workers: int,
+        poll_s: float = POLL_S,
+        stall_slack_s: float = STALL_SLACK_S,
+    ):
         assert channel.deadline is not None and channel.limit_s is not None
         self.channel, self.num_workers, self.poll_s = channel, num_workers, poll_s
+        self.stall_slack_s = stall_slack_s
         self.verdict: str | None = None
         self._board = channel.board
         self._stop = threading.Event()
@@ -160,7 +169,7 @@ class Watchdog:
                 continue  # never judge on notes the board could not give
             ranks, starting = read
             if self.verdict is None:
-                self.verdict = hang_reason(ranks, starting)
+                self.verdict = hang_reason(ranks, starting, self.stall_slack_s)
             # Ranks raise at the deadline themselves; before any rank runs its train function (the
             # worker group still starting) none can, so there is nothing to wait for.
             grace = DEADLINE_GRACE_S if ranks else 0.0
