@@ -1,6 +1,7 @@
-"""Faults injected into whole studies run as a user runs them (`python -m tinyfold_ray.study`, a process
-of its own): a hung worker, a corrupt result file, an output that fails mid-study. Each runs a few
-trials of the tiny study model."""
+"""Faults injected into whole studies run as a user runs them (`python -m tinyfold_ray.study`: a process
+of its own for the hung worker, whose processes the test finds below the study's; the CLI in this
+process on the session's shared Ray for the others): a hung worker, a corrupt result file, an output
+that fails mid-study. Each runs a few trials of the tiny study model."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pandas as pd
 
 from tests.ray_helpers import run_cli
 from tests.test_study_run import write_study
+from tinyfold_ray.results.safe_write import FALLBACK_ENV
 from tinyfold_ray.study.cli import main as study_main
 from tinyfold_ray.summary import main as summary_main
 
@@ -137,30 +139,33 @@ def test_a_corrupt_result_file_is_set_aside_and_its_trial_runs_again(tmp_path, c
     assert len(list((out / "corrupt" / "_corrupt").iterdir())) == 1
 
 
-def test_an_output_that_fails_mid_study_keeps_the_rows_in_the_fallback(tmp_path):
+def test_an_output_that_fails_mid_study_keeps_the_rows_in_the_fallback(
+    tmp_path, monkeypatch, capsys, ray_cluster
+):
+    # The fallback location is set in this process only, after the shared Ray started: the trial
+    # drivers (Ray's processes) write there because the study passes it on, not by inheriting it.
     path = write_study(tmp_path, "lostout", {"num_workers": [1]}, repeats=2)
     out, fallback = tmp_path / "results", tmp_path / "fallback"
-    proc = subprocess.Popen(
-        study_cmd(path, out),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "TINYFOLD_FALLBACK_DIR": str(fallback)},
-    )
-    first = out / "lostout" / "w1-r0.parquet"
-    deadline = time.monotonic() + 240
-    while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert first.exists()
-    # The storage goes away: the study folder becomes a file, so nothing can be written under it.
-    kept = tmp_path / "kept"
-    (out / "lostout").rename(kept)
-    (out / "lostout").write_text("gone")
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 3, output[-3000:]
+    monkeypatch.setenv(FALLBACK_ENV, str(fallback))
+    first, kept = out / "lostout" / "w1-r0.parquet", tmp_path / "kept"
+
+    def take_the_output_away():
+        deadline = time.monotonic() + 240
+        while not first.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The storage goes away: the study folder becomes a file, so nothing can be written under it.
+        (out / "lostout").rename(kept)
+        (out / "lostout").write_text("gone")
+
+    saboteur = threading.Thread(target=take_the_output_away, daemon=True)
+    saboteur.start()
+    code, output, err = run_cli("tinyfold_ray.study", study_main, [str(path), "--output", str(out)], capsys)
+    saboteur.join(5)
+    assert (kept / "w1-r0.parquet").exists(), output[-3000:] + err[-3000:]
+    assert code == 3, output[-3000:] + err[-3000:]
     trial_file = fallback / "lostout" / "w1-r1.parquet"
     assert f"rows kept in the fallback file {trial_file}" in output
     assert output.strip().splitlines()[-1].startswith("1 trial(s) could not be written")
-    assert "Traceback" not in output
+    assert "Traceback" not in output + err
     assert pd.read_parquet(trial_file).status.tolist() == ["ok"]
     assert len(pd.read_parquet(fallback / "lostout" / "_steps")) == 3

@@ -33,6 +33,13 @@ def default_fallback_root() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get(FALLBACK_ENV, "~/tinyfold-fallback")))
 
 
+def chosen_fallback_root() -> str | None:
+    """The fallback location the user set (FALLBACK_ENV), resolved where they set it: a study's trial
+    drivers run in Ray's processes, which do not see the study driver's environment. None: not set, so
+    each trial driver uses its own default."""
+    return default_fallback_root() if FALLBACK_ENV in os.environ else None
+
+
 def check_writable(output: str, study: str) -> None:
     """Raise StorageError (one line) unless a file can be created and removed in `<output>/<study>`.
 

@@ -16,6 +16,7 @@ from typing import Any
 from tinyfold_ray.config import TrialSpec
 from tinyfold_ray.errors import StudySpecError
 from tinyfold_ray.ray_session import environ_defaults
+from tinyfold_ray.results.safe_write import chosen_fallback_root
 from tinyfold_ray.results.storage import absolute_location, is_uri, join
 from tinyfold_ray.results.writer import existing_trials
 from tinyfold_ray.study.expand import expand
@@ -159,10 +160,12 @@ def _run_group(
     git_commit: str | None,
     concurrent: int = 1,
     channels: dict[str, ProgressChannel] | None = None,
+    fallback_root: str | None = None,
 ):
     """The Tune function trainable: one worker group's trials (one trial unless the study shares worker
     groups), then one report per trial, which the progress lines read. `channels`: group -> where its
-    rank 0 notes its progress (none: no heartbeat)."""
+    rank 0 notes its progress (none: no heartbeat). `fallback_root`: where rows go when the output
+    cannot take them (None: the trial driver's default)."""
     from ray import tune
 
     from tinyfold_ray.train.trial import run_trials
@@ -174,6 +177,7 @@ def _run_group(
         git_commit=git_commit,
         reserved_cpus=TRIAL_DRIVER_CPUS * concurrent,
         progress=(channels or {}).get(group),
+        fallback_root=fallback_root,
     )
     for outcome in outcomes:
         row = outcome.row
@@ -333,6 +337,7 @@ def run_study(
             git_commit=git_commit,
             concurrent=concurrent,
             channels=channels,
+            fallback_root=chosen_fallback_root(),
         ),
         {"CPU": TRIAL_DRIVER_CPUS},
     )
