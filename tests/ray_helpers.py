@@ -1,8 +1,12 @@
 """Small shared pieces of the Ray tests, and the one embedded Ray that the session's tests share."""
 
 import contextlib
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 from tinyfold_ray.cli import run_main
 from tinyfold_ray.config import TrainConfig, tiny_model_config
@@ -66,3 +70,43 @@ def run_cli(prog: str, main: Callable[[list[str]], int], argv: list[str], capsys
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+class Injector(threading.Thread):
+    """Send `sig` to the worker of `rank` of trial `key` once its heartbeat says it reached `phase` and
+    did `steps` steps of it. Reads the board the trial reports to, as its watchdog does: `board()` gives
+    it (None until it exists; by default this process's, which trials outside a study report to)."""
+
+    def __init__(
+        self,
+        key: str,
+        rank: int,
+        sig: int,
+        phase: str = "measured steps",
+        steps: int = 5,
+        board: Callable[[], Any] | None = None,
+    ):
+        super().__init__(daemon=True)
+        self.key, self.rank, self.sig, self.phase, self.steps = key, rank, sig, phase, steps
+        self.board = board
+        self.note: dict | None = None
+        self.at: float | None = None
+        """When the signal went (time.monotonic()); `at_wall`: the same, as time.time()."""
+        self.at_wall: float | None = None
+        self.done = threading.Event()
+
+    def run(self):
+        import ray
+
+        from tinyfold_ray.train.heartbeat import process_board
+
+        read = self.board or process_board
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not self.done.is_set():
+            board = read()
+            note = ray.get(board.trial.remote(self.key)).get(self.rank) if board is not None else None
+            if note and note["phase"] == self.phase and (note["done"] or 0) >= self.steps:
+                os.kill(note["pid"], self.sig)
+                self.note, self.at, self.at_wall = note, time.monotonic(), time.time()
+                return
+            time.sleep(0.1)

@@ -17,10 +17,10 @@ import pytest
 import ray
 import ray.train
 
-from tests.ray_helpers import SMALL_MODEL, embedded_ray
+from tests.ray_helpers import SMALL_MODEL, Injector, embedded_ray
 from tinyfold_ray.config import TrainConfig, TrialSpec
 from tinyfold_ray.train import watchdog
-from tinyfold_ray.train.heartbeat import Heartbeat, process_board
+from tinyfold_ray.train.heartbeat import Heartbeat
 from tinyfold_ray.train.trial import run_trial
 
 NUM_CPUS = 3
@@ -33,29 +33,6 @@ ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=2)
 def ray_cluster():
     with embedded_ray(num_cpus=NUM_CPUS):
         yield
-
-
-class Injector(threading.Thread):
-    """Send `sig` to the worker of `rank` of trial `key` once its heartbeat says it reached `phase` and
-    did `steps` steps of it. Reads the board this process's trials report to, as the watchdog does."""
-
-    def __init__(self, key: str, rank: int, sig: int, phase: str = "measured steps", steps: int = 5):
-        super().__init__(daemon=True)
-        self.key, self.rank, self.sig, self.phase, self.steps = key, rank, sig, phase, steps
-        self.note: dict | None = None
-        self.at: float | None = None
-        self.done = threading.Event()
-
-    def run(self):
-        board = process_board()
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not self.done.is_set():
-            note = ray.get(board.trial.remote(self.key)).get(self.rank)
-            if note and note["phase"] == self.phase and (note["done"] or 0) >= self.steps:
-                os.kill(note["pid"], self.sig)
-                self.note, self.at = note, time.monotonic()
-                return
-            time.sleep(0.1)
 
 
 def _cpus_back(timeout_s: float = 20) -> bool:

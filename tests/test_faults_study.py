@@ -1,112 +1,57 @@
-"""Faults injected into whole studies run as a user runs them (`python -m tinyfold_ray.study`: a process
-of its own for the hung worker, whose processes the test finds below the study's; the CLI in this
-process on the session's shared Ray for the others): a hung worker, a corrupt result file, an output
-that fails mid-study. Each runs a few trials of the tiny study model."""
+"""Faults injected into whole studies run as a user runs them (the study CLI, called in this process as
+`python -m tinyfold_ray.study` calls it, on the session's shared embedded Ray): a hung worker, a corrupt
+result file, an output that fails mid-study. Each runs a few trials of the tiny study model."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pandas as pd
 
-from tests.ray_helpers import run_cli
+from tests.ray_helpers import Injector, run_cli
 from tests.test_study_run import write_study
 from tinyfold_ray.results.safe_write import FALLBACK_ENV
+from tinyfold_ray.study import runner
 from tinyfold_ray.study.cli import main as study_main
 from tinyfold_ray.summary import main as summary_main
 
 
-def study_cmd(path: Path, out: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "tinyfold_ray.study", str(path), "--output", str(out), *flags]
-
-
-def _descendants(pid: int) -> list[int]:
-    """Processes below `pid` (the study's own embedded Ray: never anybody else's)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _train_workers(pid: int) -> list[int]:
-    workers = []
-    for child in _descendants(pid):
-        try:
-            if b"RayTrainWorker" in Path(f"/proc/{child}/cmdline").read_bytes():
-                workers.append(child)
-        except OSError:
-            pass
-    return sorted(workers)
-
-
-def test_a_hung_worker_ends_as_a_failed_row_and_the_study_goes_on(tmp_path):
+def test_a_hung_worker_ends_as_a_failed_row_and_the_study_goes_on(tmp_path, monkeypatch, capsys, ray_cluster):
     # A slack shorter than the default 20 s (test_faults.py: the stopped rank is still the one named).
     slack = 8
     path = write_study(tmp_path, "hang", {"num_workers": [2, 1]}, stall_slack_s=slack)
     # Enough steps (a few ms each) that the 2-worker trial is still stepping when it is stopped; the
-    # 1-worker trial after it runs them all.
+    # 1-worker trial runs them all.
     path.write_text(path.read_text().replace("num_steps: 3", "num_steps: 800"))
     out = tmp_path / "results"
-    proc = subprocess.Popen(
-        study_cmd(path, out, "--progress-every", "0.5"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines, ended_after = [], None
-    # Reading lines waits without a timeout: a study that hangs is killed, so the test fails instead.
-    guard = threading.Timer(400, lambda: os.killpg(proc.pid, signal.SIGKILL))
-    guard.start()
-    try:
-        for line in proc.stdout:  # the heartbeat lines say when the 2-worker trial steps
-            lines.append(line)
-            if "w2-r0: measured steps" in line:
-                break
-        workers = _train_workers(proc.pid)
-        assert len(workers) == 2, "".join(lines)[-3000:]
-        os.kill(workers[-1], signal.SIGSTOP)  # stuck: neither computes nor answers
-        stopped_at = time.monotonic()
-        for line in proc.stdout:
-            lines.append(line)
-            if "] w2-r0 " in line:  # the trial's line: it ended
-                ended_after = time.monotonic() - stopped_at
-                break
-        rest, _ = proc.communicate(timeout=300)
-    finally:
-        guard.cancel()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    output = "".join(lines) + rest
-    assert proc.returncode == 1, output[-3000:]
-    (failed,) = [line for line in lines if "] w2-r0 " in line]
-    assert ended_after is not None
-    print(f"hung worker in a study: trial line {ended_after:.1f} s after the stop: {failed.strip()}")
+    boards = []  # the study's progress board, which its trials' ranks and watchdogs use
+
+    def open_board():
+        boards.append(real_open_board())
+        return boards[-1]
+
+    real_open_board = runner.open_board
+    monkeypatch.setattr(runner, "open_board", open_board)
+    stopper = Injector("w2-r0", rank=1, sig=signal.SIGSTOP, board=lambda: boards[0] if boards else None)
+    stopper.start()  # stuck: neither computes nor answers
+    code, printed, err = run_cli("tinyfold_ray.study", study_main, [str(path), "--output", str(out)], capsys)
+    stopper.done.set()
+    assert stopper.at is not None, printed[-3000:] + err[-3000:]
+    assert code == 1, printed[-3000:] + err[-3000:]
+    (failed,) = [line for line in printed.splitlines() if re.match(r"\[\d/2\] w2-r0 ", line)]
     assert re.search(
-        rf"FAILED: rank [01] on {socket.gethostname()} made no progress for \d+ s in measured steps", failed
+        rf"FAILED: rank 1 on {socket.gethostname()} made no progress for \d+ s in measured steps", failed
     ), failed
-    assert ended_after < slack + 20
     trials = pd.read_parquet(out / "hang").set_index("trial_id")
     assert sorted(trials.index) == ["w1-r0", "w2-r0"]  # nothing lost, nothing twice
     assert trials.loc["w2-r0", "status"] == "failed" and trials.loc["w1-r0", "status"] == "ok"
+    ended_after = trials.loc["w2-r0", "end_time"].timestamp() - stopper.at_wall
+    print(f"hung worker in a study: its row ended {ended_after:.1f} s after the stop: {failed.strip()}")
+    assert ended_after < slack + 20
     assert trials.loc["w2-r0", "wall_time_s"] < 120 + slack
 
 
