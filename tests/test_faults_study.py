@@ -11,6 +11,7 @@ import threading
 import time
 
 import pandas as pd
+import yaml
 
 from tests.ray_helpers import Injector, run_cli
 from tests.test_study_run import write_study
@@ -20,13 +21,17 @@ from tinyfold_ray.study.cli import main as study_main
 from tinyfold_ray.summary import main as summary_main
 
 
-def test_a_hung_worker_ends_as_a_failed_row_and_the_study_goes_on(tmp_path, monkeypatch, capsys, ray_cluster):
+def test_a_hung_worker_ends_as_a_failed_row_and_the_next_trial_runs(
+    tmp_path, monkeypatch, capsys, ray_cluster
+):
     # A slack shorter than the default 20 s (test_faults.py: the stopped rank is still the one named).
     slack = 8
     path = write_study(tmp_path, "hang", {"num_workers": [2, 1]}, stall_slack_s=slack)
+    study = yaml.safe_load(path.read_text())
     # Enough steps (a few ms each) that the 2-worker trial is still stepping when it is stopped; the
-    # 1-worker trial runs them all.
-    path.write_text(path.read_text().replace("num_steps: 3", "num_steps: 800"))
+    # 1-worker trial runs them all, after it: this seed's run order (--dry-run) puts w2-r0 first.
+    study["train"]["num_steps"], study["order_seed"] = 800, 1
+    path.write_text(yaml.safe_dump(study))
     out = tmp_path / "results"
     boards = []  # the study's progress board, which its trials' ranks and watchdogs use
 
@@ -42,7 +47,9 @@ def test_a_hung_worker_ends_as_a_failed_row_and_the_study_goes_on(tmp_path, monk
     stopper.done.set()
     assert stopper.at is not None, printed[-3000:] + err[-3000:]
     assert code == 1, printed[-3000:] + err[-3000:]
-    (failed,) = [line for line in printed.splitlines() if re.match(r"\[\d/2\] w2-r0 ", line)]
+    failed, after = [line for line in printed.splitlines() if re.match(r"\[\d/2\] ", line)]
+    assert failed.startswith("[1/2] w2-r0 ") and after.startswith("[2/2] w1-r0 ") and after.endswith(" ok")
+    assert "1 trial(s) failed: w2-r0" in printed
     assert re.search(
         rf"FAILED: rank 1 on {socket.gethostname()} made no progress for \d+ s in measured steps", failed
     ), failed
