@@ -72,6 +72,18 @@ def run_cli(prog: str, main: Callable[[list[str]], int], argv: list[str], capsys
     return code, out, err
 
 
+def process_gone(pid: int, timeout_s: float = 20) -> bool:
+    """Whether process `pid` ends within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 class Injector(threading.Thread):
     """Send `sig` to the worker of `rank` of trial `key` once its heartbeat says it reached `phase` and
     did `steps` steps of it. Reads the board the trial reports to, as its watchdog does: `board()` gives

@@ -1,6 +1,7 @@
 """Faults injected into whole studies run as a user runs them (the study CLI, called in this process as
-`python -m tinyfold_ray.study` calls it, on the session's shared embedded Ray): a hung worker, a corrupt
-result file, an output that fails mid-study. Each runs a few trials of the tiny study model."""
+`python -m tinyfold_ray.study` calls it, on the session's shared embedded Ray): a hung worker, an output
+that fails mid-study (a corrupt result file: test_shared_group.py). Each runs a few trials of the tiny
+study model."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ import time
 import pandas as pd
 import yaml
 
-from tests.ray_helpers import Injector, run_cli
+from tests.ray_helpers import Injector, process_gone, run_cli
 from tests.test_study_run import write_study
 from tinyfold_ray.results.safe_write import FALLBACK_ENV
 from tinyfold_ray.study import runner
 from tinyfold_ray.study.cli import main as study_main
-from tinyfold_ray.summary import main as summary_main
 
 
 def test_a_hung_worker_ends_as_a_failed_row_and_the_next_trial_runs(
@@ -50,9 +50,11 @@ def test_a_hung_worker_ends_as_a_failed_row_and_the_next_trial_runs(
     failed, after = [line for line in printed.splitlines() if re.match(r"\[\d/2\] ", line)]
     assert failed.startswith("[1/2] w2-r0 ") and after.startswith("[2/2] w1-r0 ") and after.endswith(" ok")
     assert "1 trial(s) failed: w2-r0" in printed
-    assert re.search(
-        rf"FAILED: rank 1 on {socket.gethostname()} made no progress for \d+ s in measured steps", failed
-    ), failed
+    # The stopped rank is named (not its peer, waiting for it in the all-reduce), and for how long.
+    prefix = f"FAILED: rank 1 on {socket.gethostname()} made no progress for "
+    idle = re.search(re.escape(prefix) + r"(\d+) s in measured steps", failed)
+    assert idle and slack <= int(idle.group(1)) < slack + 10, failed
+    assert process_gone(stopper.note["pid"])  # the stopped process was killed, not left behind
     trials = pd.read_parquet(out / "hang").set_index("trial_id")
     assert sorted(trials.index) == ["w1-r0", "w2-r0"]  # nothing lost, nothing twice
     assert trials.loc["w2-r0", "status"] == "failed" and trials.loc["w1-r0", "status"] == "ok"
@@ -60,35 +62,6 @@ def test_a_hung_worker_ends_as_a_failed_row_and_the_next_trial_runs(
     print(f"hung worker in a study: its row ended {ended_after:.1f} s after the stop: {failed.strip()}")
     assert ended_after < slack + 20
     assert trials.loc["w2-r0", "wall_time_s"] < 120 + slack
-
-
-def test_a_corrupt_result_file_is_set_aside_and_its_trial_runs_again(tmp_path, capsys, ray_cluster):
-    # The CLIs run in this process, as `python -m` runs them, on the session's shared embedded Ray; the
-    # trials of each run share their worker group (one Ray Train start-up per run, not per trial).
-    path = write_study(tmp_path, "corrupt", {"num_workers": [1]}, repeats=2, worker_group="shared")
-    out = tmp_path / "results"
-    code, stdout, stderr = run_cli(
-        "tinyfold_ray.study", study_main, [str(path), "--output", str(out)], capsys
-    )
-    assert code == 0, stdout[-3000:] + stderr[-3000:]
-    bad = out / "corrupt" / "w1-r1.parquet"
-    bad.write_bytes(bad.read_bytes()[:100])  # a partial file, as a crashed copy leaves it
-
-    code, _, stderr = run_cli("tinyfold_ray.summary", summary_main, [str(out / "corrupt")], capsys)
-    assert code == 0 and "Traceback" not in stderr
-    assert f"skipping unreadable result file {bad}" in stderr
-
-    code, stdout, stderr = run_cli(
-        "tinyfold_ray.study", study_main, [str(path), "--output", str(out)], capsys
-    )
-    assert code == 0, stdout[-3000:] + stderr[-3000:]
-    assert "Traceback" not in stderr
-    (line,) = [line for line in stderr.splitlines() if line.startswith(f"tinyfold-ray: result file {bad} ")]
-    assert "is unreadable" in line and "set aside" in line
-    assert "resuming: 1 finished trial(s) kept and skipped" in stdout
-    trials = pd.read_parquet(out / "corrupt")
-    assert sorted(trials.trial_id) == ["w1-r0", "w1-r1"] and set(trials.status) == {"ok"}
-    assert len(list((out / "corrupt" / "_corrupt").iterdir())) == 1
 
 
 def test_an_output_that_fails_mid_study_keeps_the_rows_in_the_fallback(

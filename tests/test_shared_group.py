@@ -18,6 +18,7 @@ from tinyfold_ray.results.schema import PHASE_COLUMNS
 from tinyfold_ray.study import expand, parse_study
 from tinyfold_ray.study.cli import main as study_main
 from tinyfold_ray.study.groups import worker_groups
+from tinyfold_ray.summary import main as summary_main
 from tinyfold_ray.train.trial import run_trials
 
 STUDY = {
@@ -151,5 +152,21 @@ def test_a_shared_study_prints_a_line_per_trial_and_resumes_by_trial(tmp_path, c
     by_order = rows.sort_values("run_order")
     assert by_order["startup_s"].iloc[0] > 1.0 > by_order["startup_s"].iloc[1:].max()
 
-    code, printed, _ = run_cli("tinyfold_ray.study", study_main, argv, capsys)
-    assert code == 0 and "resuming: 4 finished trial(s) kept and skipped" in printed, printed
+    # A partial result file, as a crashed copy leaves it: the summary skips it in one line; the study
+    # sets it aside and runs that trial again, alone in its worker group.
+    bad = out / "shared-run" / f"{by_order['trial_id'].iloc[1]}.parquet"
+    bad.write_bytes(bad.read_bytes()[:100])
+    code, _, err = run_cli("tinyfold_ray.summary", summary_main, [str(out / "shared-run")], capsys)
+    assert code == 0 and "Traceback" not in err
+    assert f"skipping unreadable result file {bad}" in err
+
+    code, printed, err = run_cli("tinyfold_ray.study", study_main, argv, capsys)
+    assert code == 0, printed[-3000:] + err[-3000:]
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith(f"tinyfold-ray: result file {bad} ")]
+    assert "is unreadable" in line and "set aside" in line
+    assert "resuming: 3 finished trial(s) kept and skipped" in printed, printed
+    assert "[1/1] " + bad.stem in printed
+    again = pd.read_parquet(out / "shared-run")
+    assert sorted(again.trial_id) == sorted(rows.trial_id) and again.status.eq("ok").all()
+    assert len(list((out / "shared-run" / "_corrupt").iterdir())) == 1
