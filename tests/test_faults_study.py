@@ -24,7 +24,8 @@ from tinyfold_ray.study.cli import main as study_main
 def test_a_hung_worker_ends_as_a_failed_row_and_the_next_trial_runs(
     tmp_path, monkeypatch, capsys, ray_cluster
 ):
-    # A slack shorter than the default 20 s (test_faults.py: the stopped rank is still the one named).
+    # A slack shorter than the default 20 s; the stopped rank is still the one named, as its heartbeat
+    # has been silent for over watchdog.LATE_S by then.
     slack = 8
     path = write_study(tmp_path, "hang", {"num_workers": [2, 1]}, stall_slack_s=slack)
     study = yaml.safe_load(path.read_text())

@@ -240,12 +240,14 @@ def _fit(
         else ProgressChannel(process_board(), spec.trial_id, run=name, deadline=deadline, limit_s=limit)
     )
     delivered, stop = [], threading.Event()
+    # The ranks' nodes stay those of the fit: one lookup serves every trial of the group.
+    node_gpus = functools.cache(_node_gpus)
 
     def deliver() -> None:
         for records in _board_records(channel)[len(delivered) :]:
             delivered.append(records)
             if on_ended is not None:
-                on_ended(_by_rank(records, _node_gpus()))
+                on_ended(_by_rank(records, node_gpus()))
 
     def poll() -> None:
         while not stop.wait(RECORDS_POLL_S):
@@ -277,8 +279,7 @@ def _fit(
         if finished is None and len(specs) > 1:
             deliver()  # what rank 0 put on the board since the last poll
             finished = delivered
-    gpus = _node_gpus()  # one lookup for every trial of the group
-    return [_by_rank(records, gpus) for records in finished or []], error
+    return [_by_rank(records, node_gpus()) for records in finished or []], error
 
 
 def _node_gpus() -> dict[str, int]:

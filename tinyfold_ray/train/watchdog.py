@@ -7,8 +7,8 @@ every POLL_S. It gives a verdict when
 - a rank made no progress: in the measured steps its step count has not moved for the trial's
   stall_slack_s (STALL_SLACK_S by default) + STALL_STEPS x its median step time, or in any phase its
   heartbeat went silent for SILENT_S (a stopped or dead process sends nothing; one blocked in a
-  collective still beats); the
-  same silence of a worker process still starting up (its start-up notes, train/startup.py);
+  collective still beats); the same silence of a worker process still starting up (its start-up
+  notes, train/startup.py);
 - the deadline passed DEADLINE_GRACE_S ago and the ranks, which check the deadline themselves between
   steps and phases, did not end the trial (one is stuck inside a step or a collective); or the deadline
   passed before any rank began its train function (the worker group never finished starting).
