@@ -85,21 +85,25 @@ def process_gone(pid: int, timeout_s: float = 20) -> bool:
 
 
 class Injector(threading.Thread):
-    """Send `sig` to the worker of `rank` of trial `key` once its heartbeat says it reached `phase` and
-    did `steps` steps of it. Reads the board the trial reports to, as its watchdog does: `board()` gives
-    it (None until it exists; by default this process's, which trials outside a study report to)."""
+    """Inject a fault once the worker of `rank` of trial `key` says in its heartbeat that it reached
+    `phase` (None: any) and did `steps` steps of it: send it signal `sig`, or call `act` (with the worker's
+    note).
+    Reads the board the trial reports to, as its watchdog does: `board()` gives it (None until it
+    exists; by default this process's, which trials outside a study report to)."""
 
     def __init__(
         self,
         key: str,
         rank: int,
-        sig: int,
-        phase: str = "measured steps",
+        sig: int | None = None,
+        phase: str | None = "measured steps",
         steps: int = 5,
         board: Callable[[], Any] | None = None,
+        act: Callable[[dict], None] | None = None,
     ):
         super().__init__(daemon=True)
-        self.key, self.rank, self.sig, self.phase, self.steps = key, rank, sig, phase, steps
+        self.key, self.rank, self.phase, self.steps = key, rank, phase, steps
+        self.act = act or (lambda note: os.kill(note["pid"], sig))
         self.board = board
         self.note: dict | None = None
         self.at: float | None = None
@@ -117,8 +121,8 @@ class Injector(threading.Thread):
         while time.monotonic() < deadline and not self.done.is_set():
             board = read()
             note = ray.get(board.trial.remote(self.key)).get(self.rank) if board is not None else None
-            if note and note["phase"] == self.phase and (note["done"] or 0) >= self.steps:
-                os.kill(note["pid"], self.sig)
+            if note and self.phase in (None, note["phase"]) and (note["done"] or 0) >= self.steps:
+                self.act(note)
                 self.note, self.at, self.at_wall = note, time.monotonic(), time.time()
                 return
             time.sleep(0.1)

@@ -587,7 +587,7 @@ def test_local_script_syntax_and_pin():
     assert os.access(LOCAL, os.X_OK)
 
 
-def test_local_multinode_start_is_loopback_only_with_token_auth(fake_env):
+def test_local_multinode_start_is_loopback_only_with_token_auth_and_stops_only_its_nodes(fake_env):
     env, log_path = fake_env
     result = _run_local(env, "start", NUM_WORKER_NODES="3", WORKER_NUM_CPUS="1")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -620,6 +620,11 @@ def test_local_multinode_start_is_loopback_only_with_token_auth(fake_env):
     assert "export RAY_ADDRESS=127.0.0.1:6379" in result.stdout
     assert "ray job submit --address http://127.0.0.1:8265" in result.stdout
 
+    # While its nodes run, a second start is refused before it starts any node.
+    again = _run_local(env, NUM_WORKER_NODES="1")
+    assert again.returncode != 0 and "still run" in again.stderr
+    assert len([c for c in _calls(log_path) if _is_ray(c, "start")]) == 4  # the first start's nodes only
+
     # Every node runs under `ray start --block`, and `stop` ends exactly those: worker nodes first,
     # the head last, and never `ray stop` (which would end every Ray process of the user).
     assert all("--block" in c["argv"] for c in starts)
@@ -632,13 +637,16 @@ def test_local_multinode_start_is_loopback_only_with_token_auth(fake_env):
     assert "no node started by this script" in _run_local(env, "stop").stdout
 
 
-def test_local_multinode_keeps_an_existing_token(fake_env):
+def test_local_multinode_keeps_an_existing_token_and_starts_again_once_stopped(fake_env):
     env, log_path = fake_env
     token = Path(env["HOME"]) / "my_token"
     token.write_text("a" * 64)
     token.chmod(0o600)
     result = _run_local(env, NUM_WORKER_NODES="1", RAY_AUTH_TOKEN_PATH=str(token))
     assert result.returncode == 0, result.stderr
+    assert _run_local(env, "stop").returncode == 0
+    again = _run_local(env, NUM_WORKER_NODES="1", RAY_AUTH_TOKEN_PATH=str(token))
+    assert again.returncode == 0, again.stderr  # stopped: a new start is fine
     _run_local(env, "stop")
     assert token.read_text() == "a" * 64
     assert {c["env"]["RAY_AUTH_TOKEN_PATH"] for c in _calls(log_path) if _is_ray(c, "start")} == {str(token)}
@@ -652,17 +660,6 @@ def test_local_multinode_bounded_wait_stops_the_nodes_it_started(fake_env):
     calls = _calls(log_path)
     assert len([c for c in calls if c.get("event") == "sigterm"]) == 3
     assert not [c for c in calls if _is_ray(c, "stop")]
-
-
-def test_local_multinode_refuses_a_second_start_while_its_nodes_run(fake_env):
-    env, log_path = fake_env
-    assert _run_local(env, NUM_WORKER_NODES="1").returncode == 0
-    again = _run_local(env, NUM_WORKER_NODES="1")
-    assert again.returncode != 0 and "still run" in again.stderr
-    assert len([c for c in _calls(log_path) if _is_ray(c, "start")]) == 2  # the first start's nodes only
-    assert _run_local(env, "stop").returncode == 0
-    assert _run_local(env, NUM_WORKER_NODES="1").returncode == 0  # stopped: a new start is fine
-    _run_local(env, "stop")
 
 
 def test_local_multinode_refuses_other_ray_versions(fake_env):

@@ -101,14 +101,18 @@ def test_a_killed_worker_is_a_failed_row_naming_rank_host_and_cause(tmp_path):
     assert _cpus_back()
 
 
+# The trial ids of the two cases below: whether some rank can still check the deadline.
+ONE_RANK_CHECKS, NO_RANK_CHECKS = "limit-one-checks", "limit-none-checks"
+
+
 def stuck_in_phases(config):
     """Rank 0 sits in the profile phase without a step (a collective that never returns). Rank 1 works
-    through the time breakdown, checking the deadline between its steps as train_worker does; with
-    `fail_on_rank` set it sits in the all-reduce probe instead."""
+    through the time breakdown, checking the deadline between its steps as train_worker does; in the
+    NO_RANK_CHECKS trial it sits in the all-reduce probe instead."""
     rank = ray.train.get_context().get_world_rank()
     with Heartbeat(config["progress"], rank) as beat:
         beat.phase("build")
-        if rank == 0 or config["spec"].fail_on_rank is not None:
+        if rank == 0 or config["spec"].trial_id == NO_RANK_CHECKS:
             beat.phase("profile" if rank == 0 else "all-reduce probe")
             time.sleep(3600)
         beat.phase("time breakdown")
@@ -118,28 +122,32 @@ def stuck_in_phases(config):
 
 
 @pytest.mark.parametrize(
-    "fail_on_rank, reason",
+    "trial_id, reason",
     [
-        # Rank 1 finds the deadline passed between its steps: its own TrialTimeoutError names its phase.
-        (None, "timed out after {limit} s in time breakdown (rank 1 on {host})"),
+        # Rank 1 finds the deadline passed between its steps: its own TrialTimeoutError names its phase
+        # (as any exception a rank raises becomes its trial's failed row).
+        (ONE_RANK_CHECKS, "timed out after {limit} s in time breakdown (rank 1 on {host})"),
         # No rank can check: the watchdog ends the trial a grace after the deadline, naming the rank
         # furthest behind.
-        (1, "timed out after {limit} s in profile (rank 0 on {host})"),
+        (NO_RANK_CHECKS, "timed out after {limit} s in profile (rank 0 on {host})"),
     ],
 )
 def test_a_trial_past_its_limit_names_the_phase_and_rank_that_ran_out(
-    tmp_path, monkeypatch, fail_on_rank, reason
+    tmp_path, monkeypatch, trial_id, reason
 ):
-    if fail_on_rank is not None:  # the watchdog ends it: a shorter grace than the default 10 s
+    if trial_id == NO_RANK_CHECKS:  # the watchdog ends it: a shorter grace than the default 10 s
         monkeypatch.setattr(watchdog, "DEADLINE_GRACE_S", 3.0)
     limit = 15
-    spec = _trial("limit", train=ENDLESS, trial_timeout_s=limit, fail_on_rank=fail_on_rank)
+    spec = _trial(trial_id, train=ENDLESS, trial_timeout_s=limit)
     start = time.monotonic()
     outcome = run_trial(spec, str(tmp_path), train_fn=stuck_in_phases)
     took = time.monotonic() - start
-    print(f"past the limit ({fail_on_rank=}): row after {took:.1f} s: {outcome.row['error']}")
+    print(f"past the limit ({trial_id}): row after {took:.1f} s: {outcome.row['error']}")
     assert outcome.row["error"] == reason.format(limit=limit, host=HOST)
     assert limit <= took < limit + watchdog.DEADLINE_GRACE_S + 20
+    row = pd.read_parquet(tmp_path / "faults").iloc[0]
+    assert (row.status, row.error) == ("failed", outcome.row["error"])
+    assert pd.isna(row.throughput_samples_per_sec)  # no figure from a trial that did not finish
     assert _cpus_back()
 
 

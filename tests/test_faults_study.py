@@ -6,12 +6,14 @@ study model."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import socket
-import threading
-import time
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
+import pytest
 import yaml
 
 from tests.ray_helpers import Injector, process_gone, run_cli
@@ -21,8 +23,23 @@ from tinyfold_ray.study import runner
 from tinyfold_ray.study.cli import main as study_main
 
 
+@pytest.fixture
+def study_board(monkeypatch) -> Callable[[], Any]:
+    """The progress board of the study the test runs (its trials' ranks and watchdogs use it): a
+    callable giving it, or None before the study opened it."""
+    boards = []
+    real_open_board = runner.open_board
+
+    def open_board():
+        boards.append(real_open_board())
+        return boards[-1]
+
+    monkeypatch.setattr(runner, "open_board", open_board)
+    return lambda: boards[0] if boards else None
+
+
 def test_a_hung_worker_ends_as_a_failed_row_and_the_next_trial_runs(
-    tmp_path, monkeypatch, capsys, ray_cluster
+    tmp_path, capsys, study_board, ray_cluster
 ):
     # A slack shorter than the default 20 s; the stopped rank is still the one named, as its heartbeat
     # has been silent for over watchdog.LATE_S by then.
@@ -34,15 +51,7 @@ def test_a_hung_worker_ends_as_a_failed_row_and_the_next_trial_runs(
     study["train"]["num_steps"], study["order_seed"] = 800, 1
     path.write_text(yaml.safe_dump(study))
     out = tmp_path / "results"
-    boards = []  # the study's progress board, which its trials' ranks and watchdogs use
-
-    def open_board():
-        boards.append(real_open_board())
-        return boards[-1]
-
-    real_open_board = runner.open_board
-    monkeypatch.setattr(runner, "open_board", open_board)
-    stopper = Injector("w2-r0", rank=1, sig=signal.SIGSTOP, board=lambda: boards[0] if boards else None)
+    stopper = Injector("w2-r0", rank=1, sig=signal.SIGSTOP, board=study_board)
     stopper.start()  # stuck: neither computes nor answers
     code, printed, err = run_cli("tinyfold_ray.study", study_main, [str(path), "--output", str(out)], capsys)
     stopper.done.set()
@@ -66,30 +75,27 @@ def test_a_hung_worker_ends_as_a_failed_row_and_the_next_trial_runs(
 
 
 def test_an_output_that_fails_mid_study_keeps_the_rows_in_the_fallback(
-    tmp_path, monkeypatch, capsys, ray_cluster
+    tmp_path, monkeypatch, capsys, study_board, ray_cluster
 ):
     # The fallback location is set in this process only, after the shared Ray started: the trial
     # drivers (Ray's processes) write there because the study passes it on, not by inheriting it.
-    path = write_study(tmp_path, "lostout", {"num_workers": [1]}, repeats=2)
+    path = write_study(tmp_path, "lostout", {"num_workers": [1]})
     out, fallback = tmp_path / "results", tmp_path / "fallback"
     monkeypatch.setenv(FALLBACK_ENV, str(fallback))
-    first, kept = out / "lostout" / "w1-r0.parquet", tmp_path / "kept"
 
-    def take_the_output_away():
-        deadline = time.monotonic() + 240
-        while not first.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        # The storage goes away: the study folder becomes a file, so nothing can be written under it.
-        (out / "lostout").rename(kept)
+    def take_the_output_away(note: dict) -> None:
+        # Once the trial runs (the study's up-front check found the output writable), the storage goes
+        # away: the study folder becomes a file, so nothing can be written under it.
+        shutil.rmtree(out / "lostout", ignore_errors=True)
         (out / "lostout").write_text("gone")
 
-    saboteur = threading.Thread(target=take_the_output_away, daemon=True)
+    saboteur = Injector("w1-r0", rank=0, phase=None, steps=0, board=study_board, act=take_the_output_away)
     saboteur.start()
     code, output, err = run_cli("tinyfold_ray.study", study_main, [str(path), "--output", str(out)], capsys)
-    saboteur.join(5)
-    assert (kept / "w1-r0.parquet").exists(), output[-3000:] + err[-3000:]
+    saboteur.done.set()
+    assert saboteur.at is not None, output[-3000:] + err[-3000:]
     assert code == 3, output[-3000:] + err[-3000:]
-    trial_file = fallback / "lostout" / "w1-r1.parquet"
+    trial_file = fallback / "lostout" / "w1-r0.parquet"
     assert f"rows kept in the fallback file {trial_file}" in output
     assert output.strip().splitlines()[-1].startswith("1 trial(s) could not be written")
     assert "Traceback" not in output + err

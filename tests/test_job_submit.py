@@ -6,6 +6,9 @@ a token file written here, dashboard and job server on 127.0.0.1), its own ports
 `ray stop`). The tiny CPU study goes in with `ray job submit --working-dir`, as cluster/README.md
 documents it; its results come back as Parquet through pandas. A client without the token (or with
 a wrong one) is refused. Every address this test connects to is 127.0.0.1.
+
+Marked `cluster`: a head of its own with the job server, which the tests' shared embedded Ray does not
+run; not in the default run (`python -m pytest -m cluster`; CI runs them after it).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import pytest
 import yaml
 
 from tests.ray_helpers import TINY_STUDY_MODEL
+
+pytestmark = pytest.mark.cluster
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 60

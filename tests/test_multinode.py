@@ -1,8 +1,11 @@
 """A simulated two-node cluster on one host (ray.cluster_utils.Cluster), GPU-style scheduling via a
 custom resource that each node has two of: where trials' workers run and what they record, and, last,
 a node lost mid-trial (a failed row naming the node, in bounded time; the next trial runs on what is
-left, or fails up front)."""
+left, or fails up front). The cluster starts after an embedded Ray (ray_session.connect) ran and
+stopped in this process, as in a whole test run, or a user's script that runs a study and then joins a
+cluster."""
 
+import os
 import socket
 import threading
 import time
@@ -14,16 +17,26 @@ from ray.cluster_utils import Cluster
 
 from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL
 from tinyfold_ray.config import TrainConfig, TrialSpec
-from tinyfold_ray.ray_session import embedded_runtime_env
-from tinyfold_ray.train.heartbeat import process_board
+from tinyfold_ray.ray_session import RAY_PROCESS_ENV, connect, embedded_runtime_env
+from tinyfold_ray.train.heartbeat import open_board, process_board
 from tinyfold_ray.train.trial import run_trial
 
 ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=2)
 
 
+def _environ() -> dict[str, str]:
+    """This process's environment, less Ray's process-wide settings, which connect() keeps on purpose."""
+    return {k: v for k, v in os.environ.items() if k not in RAY_PROCESS_ENV}
+
+
 @pytest.fixture(scope="module")
 def own_cluster():
+    before = _environ()
+    connect(num_cpus=1)
+    after = _environ()
+    ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "resources": {"MOCK_GPU": 2}})
+    cluster.connect_changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     # The node the last test removes.
     cluster.doomed = cluster.add_node(num_cpus=2, resources={"MOCK_GPU": 2})
     # As the embedded cluster of a study is set up (ray_session.connect).
@@ -33,11 +46,19 @@ def own_cluster():
     cluster.shutdown()
 
 
+def test_the_embedded_ray_leaves_the_environment_and_a_cluster_started_after_it_runs_actors(own_cluster):
+    assert own_cluster.connect_changed == set()  # connect() set nothing in this process but RAY_PROCESS_ENV
+    # connect() took Ray's authentication mode back out of the environment: the next cluster this
+    # process started ran without it while this process still authenticated, and its first actor
+    # died "before it started running".
+    assert ray.get(open_board().get.remote("any trial"), timeout=60) is None
+
+
 def test_spread_trial_records_two_nodes_by_ray_node_id(own_cluster, tmp_path):
     spec = TrialSpec(
         study="multi",
-        trial_id="w4",
-        num_workers=4,
+        trial_id="w2",
+        num_workers=2,
         placement_strategy="SPREAD",
         resources_per_worker={"MOCK_GPU": 1},
         model=SMALL_MODEL,
@@ -45,14 +66,14 @@ def test_spread_trial_records_two_nodes_by_ray_node_id(own_cluster, tmp_path):
     )
     outcome = run_trial(spec, str(tmp_path))
     assert outcome.ok, outcome.row["error"]
-    assert (outcome.row["num_nodes"], outcome.row["workers_per_node"]) == (2, 2)
+    assert (outcome.row["num_nodes"], outcome.row["workers_per_node"]) == (2, 1)
 
     steps = pd.read_parquet(tmp_path / "multi" / "_steps")
     per_node = steps.drop_duplicates("world_rank").groupby("node_id").world_rank.count()
-    assert sorted(per_node) == [2, 2]
+    assert sorted(per_node) == [1, 1]
     # Ray keys local ranks by IP, which simulated nodes share: they stay distinct, but do not restart.
     ranks = steps.drop_duplicates("world_rank")
-    assert ranks.local_rank.nunique() == 4
+    assert ranks.local_rank.nunique() == 2
 
 
 def test_more_mock_gpus_than_the_cluster_has_fails_without_waiting(own_cluster, tmp_path):

@@ -9,16 +9,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
-from ray.cluster_utils import Cluster
 
-from tests.ray_helpers import SHARED_CPUS, TINY_STUDY_MODEL, run_cli
+from tests.ray_helpers import TINY_STUDY_MODEL, run_cli
 from tinyfold_ray.config import TrialSpec
-from tinyfold_ray.ray_session import EMBEDDED_TRAIN_ENV, RAY_PROCESS_ENV, connect
+from tinyfold_ray.ray_session import EMBEDDED_TRAIN_ENV, RAY_PROCESS_ENV
 from tinyfold_ray.study.cli import main as study_main
 from tinyfold_ray.train import faults
-from tinyfold_ray.train.heartbeat import open_board
 from tinyfold_ray.train.trial import TRAIN_ENV, make_trainer
 
 START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
@@ -31,20 +28,30 @@ def _report_settings(config):
     return {name: os.environ.get(name) for name in CONTROLLER_SETTINGS}
 
 
+def _ray_results(home: Path) -> set[str]:
+    """What ~/ray_results (Ray Train's and Tune's default storage) holds in `home`."""
+    folder = home / "ray_results"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """A home directory of the test's own, where ~/ray_results would appear. It holds the Ray
-    authentication token of the real one, as every home does once Ray ran there: a cluster started
-    after another in one process authenticates as the first did (ray_session.RAY_PROCESS_ENV) and
-    reads the token from the home."""
+    """A home directory of this process's own, where ~/ray_results would appear for what runs here;
+    the shared Ray's processes (Tune's trial drivers) keep the real one, which must gain nothing
+    either. It holds the Ray authentication token of the real one, as every home does once Ray ran
+    there: a cluster started after another in one process authenticates as the first did
+    (ray_session.RAY_PROCESS_ENV) and reads the token from the home."""
+    real = Path.home()
+    before = _ray_results(real)
     path = tmp_path / "home"
-    token = Path.home() / ".ray" / "auth_token"
+    token = real / ".ray" / "auth_token"
     if token.exists():
         (path / ".ray").mkdir(parents=True)
         shutil.copy(token, path / ".ray" / "auth_token")
     path.mkdir(exist_ok=True)
     monkeypatch.setenv("HOME", str(path))
-    return path
+    yield path
+    assert _ray_results(real) <= before, "a run left a folder in the real ~/ray_results"
 
 
 def _one_trial_study(tmp_path: Path) -> Path:
@@ -62,62 +69,37 @@ def _one_trial_study(tmp_path: Path) -> Path:
 
 def _environ() -> dict[str, str]:
     """This process's environment, less Ray's process-wide settings, which connect() keeps on purpose
-    (see test_a_cluster_started_after_the_embedded_one_runs_actors)."""
+    (test_multinode.py checks that a cluster started after the embedded one needs them)."""
     return {k: v for k, v in os.environ.items() if k not in RAY_PROCESS_ENV}
 
 
-def test_ray_a_trial_and_a_study_leave_the_environment_and_the_home_directory_as_they_were(
-    home, tmp_path, monkeypatch, capfd
+def test_a_trial_and_a_study_leave_the_environment_and_the_home_directory_as_they_were(
+    home, tmp_path, monkeypatch, capfd, ray_cluster
 ):
-    assert not ray.is_initialized(), "this test starts its own embedded Ray (conftest stops the shared one)"
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", USERS_INTERVAL)
     before = _environ()
-    try:
-        connect(num_cpus=SHARED_CPUS)
-        assert _environ() == before
-        assert "Token authentication" not in capfd.readouterr().err  # the notice stays dropped
 
-        spec = TrialSpec(study="side", trial_id="env", start_timeout_s=41.0)
-        trainer = make_trainer(spec, False, train_fn=_report_settings)
-        seen = trainer.fit().return_value
-        assert _environ() == before
-        assert seen["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == USERS_INTERVAL
-        assert seen["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == TRAIN_ENV["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"]
-        assert float(seen[START_TIMEOUT]) == min(41.0, faults.time_limit_s(spec, False))
-        assert (
-            seen["TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"]
-            == EMBEDDED_TRAIN_ENV["TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"]
-        )
-        storage = Path(trainer.run_config.storage_path)
-        assert storage.parent == Path(tempfile.gettempdir()) and not storage.exists()
+    spec = TrialSpec(study="side", trial_id="env", start_timeout_s=41.0)
+    trainer = make_trainer(spec, False, train_fn=_report_settings)
+    seen = trainer.fit().return_value
+    assert _environ() == before
+    assert seen["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == USERS_INTERVAL
+    assert seen["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == TRAIN_ENV["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"]
+    assert float(seen[START_TIMEOUT]) == min(41.0, faults.time_limit_s(spec, False))
+    assert (
+        seen["TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"]
+        == EMBEDDED_TRAIN_ENV["TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"]
+    )
+    storage = Path(trainer.run_config.storage_path)
+    assert storage.parent == Path(tempfile.gettempdir()) and not storage.exists()
 
-        # A study run by its CLI in this process: Tune's settings are the fit's only, too.
-        code, _, err = run_cli(
-            "tinyfold_ray.study",
-            study_main,
-            [str(_one_trial_study(tmp_path)), "--output", str(tmp_path / "out")],
-            capfd,
-        )
-        assert code == 0, err[-3000:]
-        assert _environ() == before
-    finally:
-        ray.shutdown()
-    assert not (home / "ray_results").exists()
+    # A study run by its CLI in this process: Tune's settings are the fit's only, too.
+    code, _, err = run_cli(
+        "tinyfold_ray.study",
+        study_main,
+        [str(_one_trial_study(tmp_path)), "--output", str(tmp_path / "out")],
+        capfd,
+    )
+    assert code == 0, err[-3000:]
+    assert _environ() == before
     assert sorted(p.name for p in home.iterdir()) in ([], [".ray"])  # nothing but the token, if any
-
-
-def test_a_cluster_started_after_the_embedded_one_runs_actors():
-    # connect() took Ray's authentication mode back out of the environment: the next cluster this
-    # process started (as the node-loss test starts one) ran without it while this process still
-    # authenticated, and its first actor died "before it started running".
-    assert not ray.is_initialized(), "this test starts its own clusters (conftest stops the shared one)"
-    connect(num_cpus=1)
-    ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
-        board = open_board()
-        assert ray.get(board.get.remote("any trial"), timeout=60) is None
-    finally:
-        ray.shutdown()
-        cluster.shutdown()

@@ -26,9 +26,9 @@ from tinyfold_ray.study.runner import as_run, plan, run_study
 
 STUDY = {
     "name": "lr",
-    # Two trials at a time on half a CPU per worker: these checks need results, not clean timings.
-    "max_concurrent_trials": 2,
-    "resources": {"device": "cpu", "cpus_per_worker": 0.5},
+    # Both trials in one worker group (one Ray Train start-up): these checks need results, not the
+    # fresh start-up of each trial's workers (test_study_run.py's).
+    "resources": {"device": "cpu", "cpus_per_worker": 1, "worker_group": "shared"},
     "model": TINY_STUDY_MODEL,
     "train": {"num_steps": 2, "warmup_steps": 2},
     # One worker count: each group's speedups over its own baseline are test_summary.py's (on rows

@@ -1,8 +1,9 @@
-"""End-to-end studies on CPU workers: Parquet out, resume after a hard kill, Ctrl-C (a failing trial in a
+"""End-to-end studies on CPU workers: Parquet out, Ctrl-C and resume, the train CLI (a failing trial in a
 study: test_faults_study.py).
 
-Only the studies that are killed or interrupted run as processes of their own; the rest call the CLIs
-in this process, as `python -m` would, and join the session's shared embedded Ray."""
+Only the study that is interrupted runs as a process of its own (with its embedded Ray, as the quick
+start runs); the rest call the CLIs in this process, as `python -m` would, and join the session's shared
+embedded Ray."""
 
 import os
 import re
@@ -21,6 +22,9 @@ from tests.ray_helpers import TINY_STUDY_MODEL, run_cli
 from tinyfold_ray.study.cli import main as study_main
 from tinyfold_ray.summary import main as summary_main
 from tinyfold_ray.train.cli import main as train_main
+
+# The measured steps of the interrupted study's trials (a few ms each).
+STEPS = 300
 
 
 def write_study(tmp_path: Path, name: str, sweep: dict, repeats: int = 1, **resources) -> Path:
@@ -61,29 +65,44 @@ def wait_for_a_finished_trial(study_dir: Path, alive=lambda: True, timeout_s: fl
     return None
 
 
-def test_study_runs_resumes_after_a_kill_and_keeps_every_trial_once(
+def test_a_study_stopped_by_ctrl_c_resumes_keeping_every_finished_trial_once(
     tmp_path, monkeypatch, capsys, ray_cluster
 ):
     # As the quick start runs: a relative study path and the study's own relative `output: results`.
-    write_study(tmp_path, "e2e", {"num_workers": [1, 2], "batch_per_worker": [2]})
+    path = write_study(tmp_path, "e2e", {"num_workers": [1, 2], "batch_per_worker": [2]})
+    # Enough measured steps (a few ms each) that a trial outlasts the heartbeat interval below.
+    path.write_text(path.read_text().replace("num_steps: 3", f"num_steps: {STEPS}"))
     study_dir = tmp_path / "results" / "e2e"
 
-    # Start the study and kill it hard (driver and its embedded Ray) once the first trial is written.
+    # The study as a process of its own, with its embedded Ray; Ctrl-C once its first trial is written.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinyfold_ray.study", "e2e.yaml"],
+        [sys.executable, "-m", "tinyfold_ray.study", "e2e.yaml", "--progress-every", "0.5"],
         cwd=tmp_path,
         env=same_package_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        start_new_session=True,
+        text=True,
     )
     first = wait_for_a_finished_trial(study_dir, alive=lambda: proc.poll() is None)
-    os.killpg(proc.pid, signal.SIGKILL)
-    said = proc.communicate()[0].decode()
+    proc.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C
+    said, _ = proc.communicate(timeout=120)
     assert first is not None, said[-3000:]
+    assert proc.returncode == 130, said[-3000:]
+    assert "run the same command again to resume" in said
+    assert "Tuner.restore" not in said  # Tune's own advice would mislead
+    # Each trial's row is on disk as the trial ends (seen above, before the signal): a study killed
+    # outright (kill -9, a lost node) keeps it as well.
     kept = pd.read_parquet(first).end_time.iloc[0]
-    done_before = set(pd.read_parquet(study_dir).trial_id)
-    assert done_before == {first.stem}
+    assert set(pd.read_parquet(study_dir).trial_id) == {first.stem}
+
+    # While it ran: heartbeat lines of the running trial, and the time left after the first trial.
+    beats = re.findall(rf"^  \[1/2\] {first.stem}: measured steps (\d+)/{STEPS}, \d+ s$", said, re.M)
+    assert beats and all(int(done) <= STEPS for done in beats), said[-3000:]
+    (finished,) = [line for line in said.splitlines() if line.startswith(f"[1/2] {first.stem} ")]
+    assert re.search(r"  ok; about \d+ s left$", finished), finished
+    # The embedded cluster's start: its size explained, Ray's token-authentication advice not shown.
+    assert "embedded Ray with " in said and "logical CPUs (this machine's " in said
+    assert "Token authentication" not in said and "RAY_AUTH_MODE" not in said
 
     # The same command again, from the same directory: the finished trials are kept, the rest run.
     monkeypatch.chdir(tmp_path)
@@ -99,7 +118,7 @@ def test_study_runs_resumes_after_a_kill_and_keeps_every_trial_once(
     assert set(trials.status) == {"ok"}
     assert pd.read_parquet(first).end_time.iloc[0] == kept  # the finished trial was not rewritten
     steps = pd.read_parquet(study_dir / "_steps")
-    assert len(steps) == 3 * (1 + 2)
+    assert len(steps) == STEPS * (1 + 2)
 
     # Once more: everything is done, nothing runs, the table is printed again.
     code, out, err = study(["e2e.yaml"], capsys)
@@ -153,39 +172,3 @@ def test_the_train_cli_runs_one_ray_train_trial_into_a_relative_output(
     assert "samples/s" in out
     [written] = (tmp_path / "adhoc-out" / "adhoc").glob("*.parquet")
     assert f"wrote {written}" in err
-
-
-# Last in this file, and without the shared Ray: Ctrl-C ends the study's process, and its embedded Ray
-# with it (in this process, the interrupted trial's placement group outlived the run for over 30 s).
-def test_a_running_study_prints_heartbeats_and_ctrl_c_stops_it_keeping_finished_trials(tmp_path):
-    path = write_study(tmp_path, "sigint", {"num_workers": [1]}, repeats=3)
-    # Enough measured steps (a few ms each) that the phase outlasts the heartbeat interval below.
-    path.write_text(path.read_text().replace("num_steps: 3", "num_steps: 500"))
-    out_dir = tmp_path / "results"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tinyfold_ray.study", str(path), "--output", str(out_dir)]
-        + ["--progress-every", "0.5"],
-        env=same_package_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    first = wait_for_a_finished_trial(out_dir / "sigint", alive=lambda: proc.poll() is None)
-    proc.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C
-    output, _ = proc.communicate(timeout=120)
-    assert first is not None, output[-3000:]
-    assert proc.returncode == 130, output[-3000:]
-    assert "run the same command again to resume" in output
-    assert "Tuner.restore" not in output  # Tune's own advice would mislead
-    trials = pd.read_parquet(out_dir / "sigint")
-    assert trials.status.eq("ok").all() and 1 <= len(trials) < 3
-
-    # While it ran: heartbeat lines of the running trial, and the time left after the first trial.
-    beats = re.findall(r"^  \[(\d)/3\] (w1-r\d): measured steps (\d+)/500, \d+ s$", output, re.M)
-    assert beats, output[-3000:]
-    assert all(int(done) <= 500 for _, _, done in beats)
-    finished = [line for line in output.splitlines() if re.match(r"\[\d/3\] w1-r\d ", line)]
-    assert re.search(r"  ok; about \d+ s left$", finished[0]), finished  # from the first trial's wall
-    # The embedded cluster's start: its size explained, Ray's token-authentication advice not shown.
-    assert "embedded Ray with " in output and "logical CPUs (this machine's " in output
-    assert "Token authentication" not in output and "RAY_AUTH_MODE" not in output

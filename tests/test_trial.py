@@ -1,22 +1,27 @@
-"""One trial on Ray Train with CPU workers (gloo): its row and steps, DDP itself, a straggler, failures."""
+"""One trial on Ray Train with CPU workers (gloo): its row and steps, DDP itself, a straggler, what the
+workers see of the driver's environment, a request that cannot be placed (a worker that raises, a killed
+or hung one, a trial past its limit: test_faults.py and test_faults_study.py)."""
 
+import functools
 import json
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pytest
 import torch
 
 from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL, start_shared_ray
-from tinyfold_ray.config import DDP_WARMUP_STEPS, TrainConfig, TrialSpec
+from tinyfold_ray.config import DDP_WARMUP_STEPS, DDPConfig, TrainConfig, TrialSpec
 from tinyfold_ray.flops import train_flops_per_sample
 from tinyfold_ray.results import load_results, summarize
 from tinyfold_ray.results.scaling_model import add_predictions
 from tinyfold_ray.results.schema import PHASE_COLUMNS, STEP_COLUMNS, TRIAL_COLUMNS
-from tinyfold_ray.train.trial import run_trial
+from tinyfold_ray.train.trial import TrialOutcome, run_trial
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # the session's shared embedded Ray
 
@@ -29,11 +34,13 @@ STRAGGLER_TRAINING = TrainConfig(batch_size=2, num_steps=6, warmup_steps=DDP_WAR
 
 # Read by every rank of the two-rank fit below: the driver's collective variables and the study's env.
 ENV_PROBE = ("NCCL_SOCKET_IFNAME", "TF_STUDY_ONLY", "CUDA_VISIBLE_DEVICES")
+# The DDP probe's own training: a learning rate large enough that one step moves the parameters.
+PROBE_TRAINING = TrainConfig(batch_size=2, num_steps=1, warmup_steps=0, learning_rate=1e-2, num_threads=1)
 
 
-def _ddp_probe(config):
-    """Each rank trains on its slice of shared batches; returns every rank's losses, flattened
-    parameters and the ENV_PROBE variables it sees."""
+def _ddp_probe(ddp: DDPConfig) -> list[dict]:
+    """Each rank trains a model of its own on its slice of shared batches, in the trial's process group;
+    returns every rank's losses, flattened parameters and the ENV_PROBE variables it sees."""
     import ray.train
     import torch
     import torch.distributed as dist
@@ -42,15 +49,14 @@ def _ddp_probe(config):
     from tinyfold_ray.train.step import build_training
     from tinyfold_ray.train.worker import ddp_wrapper
 
-    spec = config["spec"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    b, cpu = spec.train.batch_size, torch.device("cpu")
-    training = build_training(spec.model, spec.train, cpu, rank=rank, wrap_model=ddp_wrapper(spec.ddp, cpu))
+    b, cpu = PROBE_TRAINING.batch_size, torch.device("cpu")
+    training = build_training(SMALL_MODEL, PROBE_TRAINING, cpu, rank=rank, wrap_model=ddp_wrapper(ddp, cpu))
     generator = torch.Generator().manual_seed(123)
     losses = []
     for _ in range(3):
-        full = make_batch(spec.model, b * world, generator, cpu)
+        full = make_batch(SMALL_MODEL, b * world, generator, cpu)
         losses.append(float(training.step(tuple(t[rank * b : (rank + 1) * b] for t in full))))
     params = torch.cat([p.detach().flatten() for p in training.model.parameters()])
     env = {name: os.environ.get(name) for name in ENV_PROBE}
@@ -59,38 +65,14 @@ def _ddp_probe(config):
     return everyone
 
 
-@pytest.fixture(scope="module")
-def two_ranks():
-    """One fit of the trial's own trainer on two CPU ranks, running _ddp_probe; every rank's answer."""
-    from tinyfold_ray.train.trial import make_trainer
-
-    start_shared_ray()  # set up before the tests' own `ray_cluster`
-    train = TrainConfig(
-        batch_size=2, num_steps=1, warmup_steps=DDP_WARMUP_STEPS, learning_rate=1e-2, num_threads=1
-    )
-    spec = TrialSpec(
-        study="unit",
-        trial_id="probe",
-        num_workers=2,
-        model=SMALL_MODEL,
-        train=train,
-        env={"TF_STUDY_ONLY": "yes"},
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        # Set after Ray started, so a worker can only have them through the trainer's runtime environment.
-        mp.setenv("NCCL_SOCKET_IFNAME", "tf-test0")
-        mp.setenv("CUDA_VISIBLE_DEVICES", "7")
-        return make_trainer(spec, False, train_fn=_ddp_probe).fit().return_value
-
-
-def test_ddp_averages_gradients_like_one_worker_with_the_whole_batch(two_ranks):
+def test_ddp_averages_gradients_like_one_worker_with_the_whole_batch(two_rank_trial):
     from tinyfold_ray.data import make_batch
     from tinyfold_ray.train.step import build_training
 
-    two = two_ranks
+    two = two_rank_trial.probe
     # Reference without Ray or DDP: one process, the whole batch of 4.
     cpu = torch.device("cpu")
-    train = TrainConfig(batch_size=4, num_steps=1, warmup_steps=0, learning_rate=1e-2, num_threads=1)
+    train = replace(PROBE_TRAINING, batch_size=4)
     single = build_training(SMALL_MODEL, train, cpu)
     generator = torch.Generator().manual_seed(123)
     single_losses = [float(single.step(make_batch(SMALL_MODEL, 4, generator, cpu))) for _ in range(3)]
@@ -123,37 +105,56 @@ class Sleepy(torch.nn.Module):
         return self.model(*inputs)
 
 
-def slow_rank_worker(config):
-    """The trial's own worker function; on SLOW_RANK its model sleeps before each forward."""
+def probed_slow_rank_worker(probe_path: str, config):
+    """The trial's own worker function, on SLOW_RANK with a model that sleeps before each forward;
+    before it, in the same process group, every rank answers _ddp_probe, which rank 0 writes to
+    `probe_path` (one fit serves both: each costs seconds of Ray Train start-up)."""
     import ray.train
 
     from tinyfold_ray.train.worker import train_worker
 
-    slow = ray.train.get_context().get_world_rank() == SLOW_RANK
+    answers = _ddp_probe(config["spec"].ddp)
+    rank = ray.train.get_context().get_world_rank()
+    if rank == 0:
+        Path(probe_path).write_text(json.dumps(answers))
+    slow = rank == SLOW_RANK
     return train_worker(config, wrap_model=(lambda model: Sleepy(model, DELAY_S)) if slow else None)
 
 
+class TwoRankTrial(NamedTuple):
+    outcome: TrialOutcome
+    out: Path  # the output root
+    probe: list[dict]  # every rank's _ddp_probe answer
+
+
 @pytest.fixture(scope="module")
-def two_rank_trial(tmp_path_factory):
-    """One profiled 2-rank trial whose rank SLOW_RANK computes slower; (its outcome, the output root)."""
+def two_rank_trial(tmp_path_factory) -> TwoRankTrial:
+    """One profiled 2-rank trial whose rank SLOW_RANK computes slower, its ranks probed first."""
     start_shared_ray()  # set up before the tests' own `ray_cluster`
     out = tmp_path_factory.mktemp("trial")
+    probe_path = out / "probe.json"
     spec = TrialSpec(
         study="unit",
         trial_id="w2",
         num_workers=2,
         model=SMALL_MODEL,
         train=STRAGGLER_TRAINING,
-        env={"GLOO_SOCKET_IFNAME": "lo"},
+        env={"GLOO_SOCKET_IFNAME": "lo", "TF_STUDY_ONLY": "yes"},
         profile=True,
     )
     with pytest.MonkeyPatch.context() as mp:
+        # Set after Ray started, so a worker can only have them through the trainer's runtime environment.
         mp.setenv("NCCL_DEBUG", "WARN")
-        return run_trial(spec, str(out), git_commit="abc123", train_fn=slow_rank_worker), out
+        mp.setenv("NCCL_SOCKET_IFNAME", "tf-test0")
+        mp.setenv("CUDA_VISIBLE_DEVICES", "7")
+        worker = functools.partial(probed_slow_rank_worker, str(probe_path))
+        outcome = run_trial(spec, str(out), git_commit="abc123", train_fn=worker)
+    assert outcome.ok, outcome.row["error"]
+    return TwoRankTrial(outcome, out, json.loads(probe_path.read_text()))
 
 
 def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(two_rank_trial):
-    outcome, out = two_rank_trial
+    outcome, out, _ = two_rank_trial
     assert outcome.ok, outcome.row["error"]
 
     trials = pd.read_parquet(out / "unit")
@@ -169,7 +170,13 @@ def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(two_
     phases = row[[*PHASE_COLUMNS, "reference_s", "probe_s"]]
     assert (phases > 0).all(), phases
     assert row[list(PHASE_COLUMNS)].sum() == pytest.approx(row.wall_time_s, rel=0.05)
-    assert json.loads(row.env_vars) == {"GLOO_SOCKET_IFNAME": "lo", "NCCL_DEBUG": "WARN"}
+    # The driver's collective variables and the study's env; not the device visibility.
+    assert json.loads(row.env_vars) == {
+        "GLOO_SOCKET_IFNAME": "lo",
+        "NCCL_DEBUG": "WARN",
+        "NCCL_SOCKET_IFNAME": "tf-test0",
+        "TF_STUDY_ONLY": "yes",
+    }
     for col in ("num_workers", "steps", "repeat"):
         assert trials[col].dtype == "int64"
     for col in ("throughput_samples_per_sec", "step_time_p95_s", "final_loss"):
@@ -218,7 +225,7 @@ def test_a_slow_rank_is_named_as_a_straggler_not_as_an_exposed_all_reduce(two_ra
     # Under DDP the fast rank waits for the slow one inside backward, so both ranks' step times are equal
     # and the wait looks like an exposed all-reduce; only each rank's own compute reference tells them
     # apart.
-    outcome, out = two_rank_trial
+    outcome, out, _ = two_rank_trial
     assert outcome.ok, outcome.row["error"]
     row = outcome.row
     assert row["load_imbalance"] > 1.1, row["load_imbalance"]
@@ -231,20 +238,6 @@ def test_a_slow_rank_is_named_as_a_straggler_not_as_an_exposed_all_reduce(two_ra
     dominant = add_predictions(summary)["dominant_loss"].iloc[0]
     assert dominant.startswith(f"straggler rank {SLOW_RANK} ("), dominant
     assert "all-reduce" not in dominant
-
-
-def test_a_worker_that_raises_gives_a_failed_row_with_the_reason(tmp_path):
-    spec = TrialSpec(
-        study="unit", trial_id="boom", num_workers=2, model=SMALL_MODEL, train=SHORT_TRAINING, fail_on_rank=1
-    )
-    start = time.monotonic()
-    outcome = run_trial(spec, str(tmp_path))
-    assert time.monotonic() - start < 45
-    assert not outcome.ok
-    assert "injected failure on rank 1" in outcome.row["error"]
-    row = pd.read_parquet(tmp_path / "unit").iloc[0]
-    assert row.status == "failed" and "injected failure" in row.error
-    assert pd.isna(row.throughput_samples_per_sec)
 
 
 def test_an_impossible_resource_request_fails_at_once_with_the_reason(tmp_path):
@@ -260,7 +253,7 @@ def test_an_impossible_resource_request_fails_at_once_with_the_reason(tmp_path):
     assert set(pd.read_parquet(tmp_path / "unit").status) == {"failed"}
 
 
-def test_the_drivers_collective_variables_and_the_study_env_reach_every_worker(two_ranks):
-    for rank in two_ranks:
+def test_the_drivers_collective_variables_and_the_study_env_reach_every_worker(two_rank_trial):
+    for rank in two_rank_trial.probe:
         assert rank["env"]["NCCL_SOCKET_IFNAME"] == "tf-test0" and rank["env"]["TF_STUDY_ONLY"] == "yes"
         assert rank["env"]["CUDA_VISIBLE_DEVICES"] != "7"  # device visibility is Ray's, per worker

@@ -360,8 +360,6 @@ class TrialSpec:
     """Environment variables set on every worker (the study file's `env:`), over the forwarded ones."""
     profile: bool = False
     """Save a torch.profiler trace per rank of a few steps after the measured ones (train/profile.py)."""
-    fail_on_rank: int | None = None
-    """Testing aid: this rank raises after its warm-up (checks that failures become data)."""
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -102,8 +102,6 @@ def _train(
     def after_warmup():
         beat.phase("measured steps", train_cfg.num_steps)
         training.marks.clear()  # the breakdown covers the measured steps only
-        if spec.fail_on_rank == rank:
-            raise TrialFailedError(f"injected failure on rank {rank} (fail_on_rank)")
 
     result = run_timed_loop(
         training.step,
