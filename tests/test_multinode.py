@@ -1,7 +1,7 @@
 """A simulated two-node cluster on one host (ray.cluster_utils.Cluster), GPU-style scheduling via a
-custom resource that each node has two of: where trials' workers run and what they record, and, last,
-a node lost mid-trial (a failed row naming the node, in bounded time; the next trial runs on what is
-left, or fails up front). The cluster starts after an embedded Ray (ray_session.connect) ran and
+custom resource that each node has two of: a request it cannot hold, and, last, where a trial's workers
+ran and what they record, then a node lost mid-trial (a failed row naming the node, in bounded time; the
+next trial runs on what is left, or fails up front). The cluster starts after an embedded Ray (ray_session.connect) ran and
 stopped in this process, as in a whole test run, or a user's script that runs a study and then joins a
 cluster."""
 
@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -19,7 +20,7 @@ from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL
 from tinyfold_ray.config import TrainConfig, TrialSpec
 from tinyfold_ray.ray_session import RAY_PROCESS_ENV, connect, embedded_runtime_env
 from tinyfold_ray.train.heartbeat import open_board, process_board
-from tinyfold_ray.train.trial import run_trial
+from tinyfold_ray.train.trial import run_trial, run_trials
 
 ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=2)
 
@@ -54,28 +55,6 @@ def test_the_embedded_ray_leaves_the_environment_and_a_cluster_started_after_it_
     assert ray.get(open_board().get.remote("any trial"), timeout=60) is None
 
 
-def test_spread_trial_records_two_nodes_by_ray_node_id(own_cluster, tmp_path):
-    spec = TrialSpec(
-        study="multi",
-        trial_id="w2",
-        num_workers=2,
-        placement_strategy="SPREAD",
-        resources_per_worker={"MOCK_GPU": 1},
-        model=SMALL_MODEL,
-        train=SHORT_TRAINING,
-    )
-    outcome = run_trial(spec, str(tmp_path))
-    assert outcome.ok, outcome.row["error"]
-    assert (outcome.row["num_nodes"], outcome.row["workers_per_node"]) == (2, 1)
-
-    steps = pd.read_parquet(tmp_path / "multi" / "_steps")
-    per_node = steps.drop_duplicates("world_rank").groupby("node_id").world_rank.count()
-    assert sorted(per_node) == [1, 1]
-    # Ray keys local ranks by IP, which simulated nodes share: they stay distinct, but do not restart.
-    ranks = steps.drop_duplicates("world_rank")
-    assert ranks.local_rank.nunique() == 2
-
-
 def test_more_mock_gpus_than_the_cluster_has_fails_without_waiting(own_cluster, tmp_path):
     spec = TrialSpec(
         study="multi", trial_id="w6", num_workers=6, resources_per_worker={"MOCK_GPU": 1}, model=SMALL_MODEL
@@ -84,14 +63,15 @@ def test_more_mock_gpus_than_the_cluster_has_fails_without_waiting(own_cluster, 
     assert not outcome.ok and "MOCK_GPU: 4" in outcome.row["error"]
 
 
-def _remove_when_working(cluster, node, key: str, removed: dict) -> None:
-    """Remove `node` once a worker of trial `key` on it reached its measured steps (its heartbeat, on
-    the board this process's trials report to, says so)."""
+def _remove_when_working(cluster, node, key: str, trial_id: str, removed: dict) -> None:
+    """Remove `node` once its worker reached the measured steps of trial `trial_id` of the worker group
+    `key` (its heartbeat, on the board this process's trials report to, says so)."""
     board = process_board()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         for rank, note in ray.get(board.trial.remote(key)).items():
-            if note.get("node_id") == node.node_id and note["phase"] == "measured steps":
+            working = note["phase"] == "measured steps" and note.get("trial") == trial_id
+            if note.get("node_id") == node.node_id and working:
                 removed["rank"], removed["at"] = rank, time.monotonic()
                 cluster.remove_node(node)
                 return
@@ -99,23 +79,40 @@ def _remove_when_working(cluster, node, key: str, removed: dict) -> None:
 
 
 # Last in this file: it removes a node of the module's cluster.
-def test_a_lost_node_is_a_failed_row_and_the_next_trial_runs_on_what_is_left(own_cluster, tmp_path):
+def test_trials_on_two_nodes_record_them_and_a_lost_node_is_a_failed_row(own_cluster, tmp_path):
     cluster, doomed = own_cluster, own_cluster.doomed
-    # One worker on each node: STRICT_SPREAD.
+    # One worker on each node (STRICT_SPREAD), for two trials in the same workers (a shared worker
+    # group, one Ray Train start-up): the first runs to its end, the node goes while the second runs.
     spread = TrialSpec(
         study="lost",
         trial_id="w2",
         num_workers=2,
         placement_strategy="STRICT_SPREAD",
         resources_per_worker={"MOCK_GPU": 1},
+        worker_group="shared",
         model=SMALL_MODEL,
-        train=ENDLESS,
+        train=SHORT_TRAINING,
     )
+    endless = replace(spread, trial_id="w2-endless", train=ENDLESS)
     removed: dict = {}
     threading.Thread(
-        target=_remove_when_working, args=(cluster, doomed, spread.trial_id, removed), daemon=True
+        target=_remove_when_working,
+        args=(cluster, doomed, spread.trial_id, endless.trial_id, removed),
+        daemon=True,
     ).start()
-    outcome = run_trial(spread, str(tmp_path))
+    first, outcome = run_trials([spread, endless], str(tmp_path))
+
+    # The first trial: where its workers ran, in its row and in each rank's steps.
+    assert first.ok, first.row["error"]
+    assert (first.row["num_nodes"], first.row["workers_per_node"]) == (2, 1)
+    steps = pd.read_parquet(tmp_path / "lost" / "_steps")
+    ranks = steps[steps.trial_id == spread.trial_id].drop_duplicates("world_rank")
+    assert sorted(ranks.groupby("node_id").world_rank.count()) == [1, 1]
+    assert doomed.node_id in set(ranks.node_id)  # Ray's node ids
+    # Ray keys local ranks by IP, which simulated nodes share: they stay distinct, but do not restart.
+    assert ranks.local_rank.nunique() == 2
+
+    # The second: the node lost mid-trial.
     assert "at" in removed, outcome.row["error"]
     took = time.monotonic() - removed["at"]
     print(f"node lost: row {took:.1f} s after the removal: {outcome.row['error']}")
