@@ -123,12 +123,23 @@ wait_for_nodes() {  # expected
     done
 }
 
+# Whether process `pid` runs. A node outlives the `start` that launched it, so its parent is then the
+# init process; one that ended stays a zombie until init reaps it, which in a container without an init
+# (PID 1 a plain program) can be never. `kill -0` succeeds on a zombie: read its state where /proc is.
+running() {  # pid
+    kill -0 "$1" 2>/dev/null || return 1
+    local stat
+    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 0
+    stat="${stat##*) }"
+    [[ "${stat%% *}" != Z ]]
+}
+
 # The pids of the nodes this script started that still run (head first), one per line.
 live_pids() {
     [[ -f "$PID_FILE" ]] || return 0
     local pid
     while read -r pid; do
-        [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+        [[ "$pid" =~ ^[0-9]+$ ]] && running "$pid" && echo "$pid"
     done <"$PID_FILE"
 }
 
@@ -155,7 +166,7 @@ stop_nodes() {  # SIGTERM each node started here, worker nodes first; SIGKILL wh
         echo "local-multinode: stopping node pid ${pid}"
         kill -TERM "$pid" 2>/dev/null || true
         deadline=$((SECONDS + RAY_STOP_TIMEOUT_S))
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+        while running "$pid" && ((SECONDS < deadline)); do
             sleep 0.2
         done
         kill -KILL "$pid" 2>/dev/null || true

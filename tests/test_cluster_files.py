@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -660,6 +661,30 @@ def test_local_multinode_bounded_wait_stops_the_nodes_it_started(fake_env):
     calls = _calls(log_path)
     assert len([c for c in calls if c.get("event") == "sigterm"]) == 3
     assert not [c for c in calls if _is_ray(c, "stop")]
+
+
+def test_local_multinode_stop_does_not_wait_for_a_node_that_ended_unreaped(fake_env, tmp_path):
+    # A node that ended while nobody reaped it (a zombie, as in a container whose PID 1 is no init):
+    # `kill -0` still finds it, and `stop` waited RAY_STOP_TIMEOUT_S for it to end.
+    env, _ = fake_env
+    ended = subprocess.Popen(["true"])  # this process is its parent, and does not reap it yet
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{ended.pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z":
+        assert time.monotonic() < deadline, "the child did not end"
+        time.sleep(0.05)
+    state = Path(env["HOME"]) / ".ray" / "local-multinode-6379"
+    state.mkdir(parents=True)
+    (state / "pids").write_text(f"{ended.pid}\n")
+    try:
+        start = time.monotonic()
+        stopped = _run_local(env, "stop", RAY_STOP_TIMEOUT_S="20")
+        took = time.monotonic() - start
+        assert stopped.returncode == 0, stopped.stderr
+        assert "no node started by this script is running" in stopped.stdout and took < 10, took
+        assert _run_local(env, NUM_WORKER_NODES="1").returncode == 0  # nor does it block a new start
+        _run_local(env, "stop")
+    finally:
+        ended.wait()
 
 
 def test_local_multinode_refuses_other_ray_versions(fake_env):

@@ -150,7 +150,8 @@ def test_a_study_stopped_by_ctrl_c_resumes_keeping_every_finished_trial_once(
     # Explained: breakdown, sanity and the dominant loss on the measured 2-worker point (the interval
     # over repeats: test_summary.py).
     two = summary_rows.loc[2]
-    assert two.speedup > 0 and two.comm_exposed_median_s > 0 and two.compute_time_median_s > 0
+    # The exposed all-reduce may be 0 on a loaded machine (test_trial.py), never missing or negative.
+    assert two.speedup > 0 and two.comm_exposed_median_s >= 0 and two.compute_time_median_s > 0
     assert isinstance(two.sanity, str) and "% of step" in two.dominant_loss
     assert steps[["compute_time_s", "comm_exposed_s", "optimizer_time_s"]].notna().all().all()
     assert trials.achieved_tflops.gt(0).all()
