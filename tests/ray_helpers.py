@@ -86,8 +86,7 @@ def process_gone(pid: int, timeout_s: float = 20) -> bool:
 
 class Injector(threading.Thread):
     """Inject a fault once the worker of `rank` of trial `key` says in its heartbeat that it reached
-    `phase` (None: any) and did `steps` steps of it: send it signal `sig`, or call `act` (with the worker's
-    note).
+    `phase` (None: any) and did `steps` steps of it: send it signal `sig`, or call `act` with its note.
     Reads the board the trial reports to, as its watchdog does: `board()` gives it (None until it
     exists; by default this process's, which trials outside a study report to)."""
 
