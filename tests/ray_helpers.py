@@ -72,6 +72,14 @@ def run_cli(prog: str, main: Callable[[list[str]], int], argv: list[str], capsys
     return code, out, err
 
 
+def environ_but_ray_process_env() -> dict[str, str]:
+    """This process's environment, less Ray's process-wide settings (ray_session.RAY_PROCESS_ENV), which
+    connect() keeps on purpose: a cluster started after the embedded one needs them (test_multinode.py)."""
+    from tinyfold_ray.ray_session import RAY_PROCESS_ENV
+
+    return {k: v for k, v in os.environ.items() if k not in RAY_PROCESS_ENV}
+
+
 def process_gone(pid: int, timeout_s: float = 20) -> bool:
     """Whether process `pid` ends within `timeout_s`."""
     deadline = time.monotonic() + timeout_s

@@ -1,6 +1,7 @@
 """Faults injected into real CPU trials (embedded Ray, smallest model): a killed worker, a worker frozen
-while it starts, and ranks past their time limit (a stopped, hung worker: test_faults_study.py). Each ends as a failed row with a reason that names the rank,
-host and phase, within a bound, and its workers are released."""
+while it starts, and ranks past their time limit (a stopped, hung worker: test_faults_study.py). Each
+ends as a failed row with a reason that names the rank, host and phase, within a bound, and its workers
+are released."""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """A simulated two-node cluster on one host (ray.cluster_utils.Cluster), GPU-style scheduling via a
 custom resource that each node has two of: a request it cannot hold, and, last, where a trial's workers
 ran and what they record, then a node lost mid-trial (a failed row naming the node, in bounded time; the
-next trial runs on what is left, or fails up front). The cluster starts after an embedded Ray (ray_session.connect) ran and
-stopped in this process, as in a whole test run, or a user's script that runs a study and then joins a
-cluster."""
+next trial runs on what is left, or fails up front). The cluster starts after an embedded Ray
+(ray_session.connect) ran and stopped in this process, as in a whole test run, or a user's script that
+runs a study and then joins a cluster."""
 
-import os
 import socket
 import threading
 import time
@@ -16,28 +15,23 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL
+from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL, environ_but_ray_process_env
 from tinyfold_ray.config import TrainConfig, TrialSpec
-from tinyfold_ray.ray_session import RAY_PROCESS_ENV, connect, embedded_runtime_env
+from tinyfold_ray.ray_session import connect, embedded_runtime_env
 from tinyfold_ray.train.heartbeat import open_board, process_board
 from tinyfold_ray.train.trial import run_trial, run_trials
 
 ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=2)
 
 
-def _environ() -> dict[str, str]:
-    """This process's environment, less Ray's process-wide settings, which connect() keeps on purpose."""
-    return {k: v for k, v in os.environ.items() if k not in RAY_PROCESS_ENV}
-
-
 @pytest.fixture(scope="module")
 def own_cluster():
-    before = _environ()
+    before = environ_but_ray_process_env()
     connect(num_cpus=1)
-    after = _environ()
+    after = environ_but_ray_process_env()
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "resources": {"MOCK_GPU": 2}})
-    cluster.connect_changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    cluster.environ_around_connect = before, after
     # The node the last test removes.
     cluster.doomed = cluster.add_node(num_cpus=2, resources={"MOCK_GPU": 2})
     # As the embedded cluster of a study is set up (ray_session.connect).
@@ -48,7 +42,8 @@ def own_cluster():
 
 
 def test_the_embedded_ray_leaves_the_environment_and_a_cluster_started_after_it_runs_actors(own_cluster):
-    assert own_cluster.connect_changed == set()  # connect() set nothing in this process but RAY_PROCESS_ENV
+    before, after = own_cluster.environ_around_connect
+    assert after == before  # connect() set nothing in this process but Ray's process-wide settings
     # connect() took Ray's authentication mode back out of the environment: the next cluster this
     # process started ran without it while this process still authenticated, and its first actor
     # died "before it started running".

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.ray_helpers import TINY_STUDY_MODEL, run_cli
+from tests.ray_helpers import TINY_STUDY_MODEL, environ_but_ray_process_env, run_cli
 from tinyfold_ray.config import TrialSpec
-from tinyfold_ray.ray_session import EMBEDDED_TRAIN_ENV, RAY_PROCESS_ENV
+from tinyfold_ray.ray_session import EMBEDDED_TRAIN_ENV
 from tinyfold_ray.study.cli import main as study_main
 from tinyfold_ray.train import faults
 from tinyfold_ray.train.trial import TRAIN_ENV, make_trainer
@@ -67,22 +67,16 @@ def _one_trial_study(tmp_path: Path) -> Path:
     return path
 
 
-def _environ() -> dict[str, str]:
-    """This process's environment, less Ray's process-wide settings, which connect() keeps on purpose
-    (test_multinode.py checks that a cluster started after the embedded one needs them)."""
-    return {k: v for k, v in os.environ.items() if k not in RAY_PROCESS_ENV}
-
-
 def test_a_trial_and_a_study_leave_the_environment_and_the_home_directory_as_they_were(
     home, tmp_path, monkeypatch, capfd, ray_cluster
 ):
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", USERS_INTERVAL)
-    before = _environ()
+    before = environ_but_ray_process_env()
 
     spec = TrialSpec(study="side", trial_id="env", start_timeout_s=41.0)
     trainer = make_trainer(spec, False, train_fn=_report_settings)
     seen = trainer.fit().return_value
-    assert _environ() == before
+    assert environ_but_ray_process_env() == before
     assert seen["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == USERS_INTERVAL
     assert seen["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == TRAIN_ENV["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"]
     assert float(seen[START_TIMEOUT]) == min(41.0, faults.time_limit_s(spec, False))
@@ -101,5 +95,5 @@ def test_a_trial_and_a_study_leave_the_environment_and_the_home_directory_as_the
         capfd,
     )
     assert code == 0, err[-3000:]
-    assert _environ() == before
+    assert environ_but_ray_process_env() == before
     assert sorted(p.name for p in home.iterdir()) in ([], [".ray"])  # nothing but the token, if any
