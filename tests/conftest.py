@@ -1,4 +1,6 @@
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +38,33 @@ def tiny_model_cfg() -> ModelConfig:
 def ray_cluster():
     """The session's shared embedded Ray (ray_helpers.start_shared_ray)."""
     start_shared_ray()
+
+
+def _ray_results(home: Path) -> set[str]:
+    """What ~/ray_results (Ray Train's and Tune's default storage) holds in `home`."""
+    folder = home / "ray_results"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A home directory of this process's own, where ~/ray_results would appear for what the test runs
+    here; after the test it must hold nothing but Ray's token. The shared Ray's processes (Tune's trial
+    drivers) keep the real home, whose ~/ray_results must gain nothing either. The token is the real
+    home's, as every home has one once Ray ran there: a cluster started after another in one process
+    authenticates as the first did (ray_session.RAY_PROCESS_ENV) and reads the token from the home."""
+    real = Path.home()
+    before = _ray_results(real)
+    path = tmp_path / "home"
+    token = real / ".ray" / "auth_token"
+    if token.exists():
+        (path / ".ray").mkdir(parents=True)
+        shutil.copy(token, path / ".ray" / "auth_token")
+    path.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(path))
+    yield path
+    assert sorted(p.name for p in path.iterdir()) in ([], [".ray"]), "a run left files in the home"
+    assert _ray_results(real) <= before, "a run left a folder in the real ~/ray_results"
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.ray_helpers import SMALL_MODEL, TINY_STUDY_MODEL, run_cli
+from tests.ray_helpers import SMALL_MODEL, TINY_STUDY_MODEL, environ_but_ray_process_env, run_cli
 from tests.test_summary import frame, point, repeats
 from tinyfold_ray.config import TrainConfig, TrialSpec
 from tinyfold_ray.errors import StudySpecError
@@ -120,8 +120,11 @@ def test_a_shared_group_keeps_each_trials_row_and_a_failure_loses_no_finished_tr
     assert written < second["end_time"].timestamp(), (written, second["end_time"])
 
 
-@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.usefixtures("ray_cluster", "home")
 def test_a_shared_study_prints_a_line_per_trial_and_resumes_by_trial(tmp_path, capsys):
+    # Run as `python -m tinyfold_ray.study` runs it, in this process: Tune's settings are the run's only,
+    # and nothing lands in the home directory (the `home` fixture).
+    before = environ_but_ray_process_env()
     study = {
         "name": "shared-run",
         "resources": {"device": "cpu", "cpus_per_worker": 1, "worker_group": "shared"},
@@ -138,6 +141,7 @@ def test_a_shared_study_prints_a_line_per_trial_and_resumes_by_trial(tmp_path, c
     code, printed, err = run_cli("tinyfold_ray.study", study_main, argv, capsys)
 
     assert code == 0, printed[-3000:] + err[-3000:]
+    assert environ_but_ray_process_env() == before
     finished = [line for line in printed.splitlines() if re.match(r"\[\d/4\] ", line)]
     assert len(finished) == 4, printed
     assert re.search(r"  ok; about \d+ s left$", finished[0]), finished

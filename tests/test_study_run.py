@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 import tinyfold_ray
-from tests.ray_helpers import TINY_STUDY_MODEL, run_cli
+from tests.ray_helpers import TINY_STUDY_MODEL, environ_but_ray_process_env, run_cli
 from tinyfold_ray.study.cli import main as study_main
 from tinyfold_ray.summary import main as summary_main
 from tinyfold_ray.train.cli import main as train_main
@@ -160,11 +160,13 @@ def test_a_study_stopped_by_ctrl_c_resumes_keeping_every_finished_trial_once(
     )  # summary not read as trials
 
 
-def test_the_train_cli_runs_one_ray_train_trial_into_a_relative_output(
-    tmp_path, monkeypatch, capsys, ray_cluster
+def test_the_train_cli_runs_one_ray_train_trial_into_a_relative_output_leaving_nothing_else(
+    tmp_path, monkeypatch, capsys, ray_cluster, home
 ):
-    # One Ray Train trial without Tune: its relative --output is the caller's directory too.
+    # One Ray Train trial without Tune: its relative --output is the caller's directory too. Nothing
+    # else stays: the environment as it was, nothing in the home directory (the `home` fixture).
     monkeypatch.chdir(tmp_path)
+    before = environ_but_ray_process_env()
     argv = ["--workers", "1", "--output", "adhoc-out"]
     argv += ["--seq-len", "8", "--num-seqs", "3", "--msa-dim", "8", "--pair-dim", "8", "--num-blocks", "1"]
     argv += ["--batch-size", "2", "--num-steps", "2", "--warmup-steps", "1", "--device", "cpu"]
@@ -173,3 +175,4 @@ def test_the_train_cli_runs_one_ray_train_trial_into_a_relative_output(
     assert "samples/s" in out
     [written] = (tmp_path / "adhoc-out" / "adhoc").glob("*.parquet")
     assert f"wrote {written}" in err
+    assert environ_but_ray_process_env() == before

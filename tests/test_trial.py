@@ -1,11 +1,13 @@
 """One trial on Ray Train with CPU workers (gloo): its row and steps, DDP itself, a straggler, what the
-workers see of the driver's environment, a request that cannot be placed (a worker that raises, a killed
-or hung one, a trial past its limit: test_faults.py and test_faults_study.py)."""
+workers see of the driver's environment and of Train's settings, what the trial leaves in this process
+(nothing), a request that cannot be placed (a worker that raises, a killed or hung one, a trial past its
+limit: test_faults.py and test_faults_study.py)."""
 
 import functools
 import json
 import os
 import socket
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,13 +17,15 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL, start_shared_ray
+from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL, environ_but_ray_process_env, start_shared_ray
 from tinyfold_ray.config import DDP_WARMUP_STEPS, DDPConfig, TrainConfig, TrialSpec
 from tinyfold_ray.flops import train_flops_per_sample
+from tinyfold_ray.ray_session import EMBEDDED_TRAIN_ENV
 from tinyfold_ray.results import load_results, summarize
 from tinyfold_ray.results.scaling_model import add_predictions
 from tinyfold_ray.results.schema import PHASE_COLUMNS, STEP_COLUMNS, TRIAL_COLUMNS
-from tinyfold_ray.train.trial import TrialOutcome, run_trial
+from tinyfold_ray.train import faults
+from tinyfold_ray.train.trial import TRAIN_ENV, TrialOutcome, run_trial
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # the session's shared embedded Ray
 
@@ -32,8 +36,12 @@ DELAY_S = 0.15
 STRAGGLER_TRAINING = TrainConfig(batch_size=2, num_steps=6, warmup_steps=DDP_WARMUP_STEPS, num_threads=1)
 
 
-# Read by every rank of the two-rank fit below: the driver's collective variables and the study's env.
-ENV_PROBE = ("NCCL_SOCKET_IFNAME", "TF_STUDY_ONLY", "CUDA_VISIBLE_DEVICES")
+START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+# Read by every rank of the two-rank fit below: the driver's collective variables, the study's env, and
+# what Train's controller runs with (the ranks inherit the controller's environment).
+CONTROLLER_SETTINGS = (*TRAIN_ENV, START_TIMEOUT, *EMBEDDED_TRAIN_ENV)
+ENV_PROBE = ("NCCL_SOCKET_IFNAME", "TF_STUDY_ONLY", "CUDA_VISIBLE_DEVICES", *CONTROLLER_SETTINGS)
+USERS_INTERVAL = "0.7"  # the user's own RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (the default is TRAIN_ENV's)
 # The DDP probe's own training: a learning rate large enough that one step moves the parameters.
 PROBE_TRAINING = TrainConfig(batch_size=2, num_steps=1, warmup_steps=0, learning_rate=1e-2, num_threads=1)
 
@@ -121,10 +129,23 @@ def probed_slow_rank_worker(probe_path: str, config):
     return train_worker(config, wrap_model=(lambda model: Sleepy(model, DELAY_S)) if slow else None)
 
 
+TWO_RANKS = TrialSpec(
+    study="unit",
+    trial_id="w2",
+    num_workers=2,
+    model=SMALL_MODEL,
+    train=STRAGGLER_TRAINING,
+    env={"GLOO_SOCKET_IFNAME": "lo", "TF_STUDY_ONLY": "yes"},
+    profile=True,
+    start_timeout_s=41.0,
+)
+
+
 class TwoRankTrial(NamedTuple):
     outcome: TrialOutcome
     out: Path  # the output root
     probe: list[dict]  # every rank's _ddp_probe answer
+    environ: tuple[dict, dict]  # this process's environment (less Ray's own) before and after the trial
 
 
 @pytest.fixture(scope="module")
@@ -133,28 +154,22 @@ def two_rank_trial(tmp_path_factory) -> TwoRankTrial:
     start_shared_ray()  # set up before the tests' own `ray_cluster`
     out = tmp_path_factory.mktemp("trial")
     probe_path = out / "probe.json"
-    spec = TrialSpec(
-        study="unit",
-        trial_id="w2",
-        num_workers=2,
-        model=SMALL_MODEL,
-        train=STRAGGLER_TRAINING,
-        env={"GLOO_SOCKET_IFNAME": "lo", "TF_STUDY_ONLY": "yes"},
-        profile=True,
-    )
     with pytest.MonkeyPatch.context() as mp:
         # Set after Ray started, so a worker can only have them through the trainer's runtime environment.
         mp.setenv("NCCL_DEBUG", "WARN")
         mp.setenv("NCCL_SOCKET_IFNAME", "tf-test0")
         mp.setenv("CUDA_VISIBLE_DEVICES", "7")
+        mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", USERS_INTERVAL)
+        before = environ_but_ray_process_env()
         worker = functools.partial(probed_slow_rank_worker, str(probe_path))
-        outcome = run_trial(spec, str(out), git_commit="abc123", train_fn=worker)
+        outcome = run_trial(TWO_RANKS, str(out), git_commit="abc123", train_fn=worker)
+        after = environ_but_ray_process_env()
     assert outcome.ok, outcome.row["error"]
-    return TwoRankTrial(outcome, out, json.loads(probe_path.read_text()))
+    return TwoRankTrial(outcome, out, json.loads(probe_path.read_text()), (before, after))
 
 
 def test_trial_writes_parquet_that_pandas_reads_with_the_documented_columns(two_rank_trial):
-    outcome, out, _ = two_rank_trial
+    outcome, out, *_ = two_rank_trial
     assert outcome.ok, outcome.row["error"]
 
     trials = pd.read_parquet(out / "unit")
@@ -225,7 +240,7 @@ def test_a_slow_rank_is_named_as_a_straggler_not_as_an_exposed_all_reduce(two_ra
     # Under DDP the fast rank waits for the slow one inside backward, so both ranks' step times are equal
     # and the wait looks like an exposed all-reduce; only each rank's own compute reference tells them
     # apart.
-    outcome, out, _ = two_rank_trial
+    outcome, out, *_ = two_rank_trial
     assert outcome.ok, outcome.row["error"]
     row = outcome.row
     assert row["load_imbalance"] > 1.1, row["load_imbalance"]
@@ -257,3 +272,19 @@ def test_the_drivers_collective_variables_and_the_study_env_reach_every_worker(t
     for rank in two_rank_trial.probe:
         assert rank["env"]["NCCL_SOCKET_IFNAME"] == "tf-test0" and rank["env"]["TF_STUDY_ONLY"] == "yes"
         assert rank["env"]["CUDA_VISIBLE_DEVICES"] != "7"  # device visibility is Ray's, per worker
+
+
+def test_a_trial_leaves_this_process_as_it_was_and_its_ranks_get_trains_settings(two_rank_trial):
+    # Train's controller settings are set for the fit only (a user's own value wins), and its storage
+    # is a temporary folder that is removed: nothing accumulates in ~/ray_results (a study leaves
+    # nothing either: test_shared_group.py; the train CLI: test_study_run.py).
+    before, after = two_rank_trial.environ
+    assert after == before
+    for rank in two_rank_trial.probe:
+        seen = rank["env"]
+        assert seen["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == USERS_INTERVAL
+        assert seen["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == TRAIN_ENV["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"]
+        assert float(seen[START_TIMEOUT]) == min(41.0, faults.time_limit_s(TWO_RANKS, False))
+        shutdown = "TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"
+        assert seen[shutdown] == EMBEDDED_TRAIN_ENV[shutdown]  # the embedded cluster's, for every fit
+    assert not list(Path(tempfile.gettempdir()).glob("tinyfold-unit-w2-*"))  # Train's storage, removed
