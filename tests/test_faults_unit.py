@@ -234,6 +234,10 @@ def test_the_board_times_steps_and_silence_on_its_own_clock(monkeypatch):
     assert board.get("w2-r0")["done"] == 6 and board.trial("w2-r0") == board.ranks("run")
     board.forget("run")
     assert board.ranks("run") == {} and board.get("w2-r0") is None
+    # A study stopped (Ctrl-C): every run's watchdog reads it with its ranks' notes, and ends its fit.
+    assert board.watch("run")[2] is False
+    board.stop()
+    assert board.watch("run")[2] is True and board.watch("another run")[2] is True
 
 
 def test_a_rank_past_its_deadline_raises_naming_the_phase_that_ran_out():

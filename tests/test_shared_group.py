@@ -2,7 +2,11 @@
 another; each keeps its own row, the group's start-up is paid once, and a failure loses no finished trial.
 """
 
+import os
 import re
+import signal
+import threading
+import time
 from dataclasses import replace
 
 import pandas as pd
@@ -121,7 +125,7 @@ def test_a_shared_group_keeps_each_trials_row_and_a_failure_loses_no_finished_tr
 
 
 @pytest.mark.usefixtures("ray_cluster", "home")
-def test_a_shared_study_prints_a_line_per_trial_and_resumes_by_trial(tmp_path, capsys):
+def test_a_shared_study_stopped_by_ctrl_c_keeps_the_trials_that_ended_and_resumes_by_trial(tmp_path, capsys):
     # Run as `python -m tinyfold_ray.study` runs it, in this process: Tune's settings are the run's only,
     # and nothing lands in the home directory (the `home` fixture).
     before = environ_but_ray_process_env()
@@ -129,8 +133,9 @@ def test_a_shared_study_prints_a_line_per_trial_and_resumes_by_trial(tmp_path, c
         "name": "shared-run",
         "resources": {"device": "cpu", "cpus_per_worker": 1, "worker_group": "shared"},
         "model": TINY_STUDY_MODEL,
-        # Enough steps (a few ms each) that the heartbeat lines below see the group's trials in turn.
-        "train": {"num_steps": 60, "warmup_steps": 2},
+        # Enough steps (a few ms each) that the group is still running its later trials at the Ctrl-C,
+        # and that the heartbeat lines see its trials in turn.
+        "train": {"num_steps": 250, "warmup_steps": 2},
         "sweep": {"num_workers": [1], "batch_per_worker": [2, 4], "learning_rate": [1e-3, 2e-3]},
     }
     path = tmp_path / "shared.yaml"
@@ -138,30 +143,35 @@ def test_a_shared_study_prints_a_line_per_trial_and_resumes_by_trial(tmp_path, c
     out = tmp_path / "results"
     argv = [str(path), "--output", str(out), "--progress-every", "0.2"]
 
+    # Ctrl-C once the group's first two trials have written their rows: its later trials get none.
+    def ctrl_c_after_two_rows():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list((out / "shared-run").glob("*.parquet"))) < 2:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_after_two_rows, daemon=True).start()
     code, printed, err = run_cli("tinyfold_ray.study", study_main, argv, capsys)
 
-    assert code == 0, printed[-3000:] + err[-3000:]
+    assert code == 130, printed[-3000:] + err[-3000:]
     assert environ_but_ray_process_env() == before
-    finished = [line for line in printed.splitlines() if re.match(r"\[\d/4\] ", line)]
-    assert len(finished) == 4, printed
-    assert re.search(r"  ok; about \d+ s left$", finished[0]), finished
-    assert finished[-1].endswith("  ok")  # nothing left after the last
+    rows = pd.read_parquet(out / "shared-run")
+    kept = len(rows)
+    # The trials that ended keep their rows, a prefix of the run order; the rest have none, and are
+    # counted as not run (their group reports nothing: the count comes from the rows).
+    assert kept in (2, 3) and sorted(rows["run_order"]) == list(range(kept))
+    assert rows["status"].eq("ok").all() and rows["worker_group"].eq("shared").all()
+    assert f"interrupted: {4 - kept} trial(s) not run; run the same command again to resume" in printed
     # The group's heartbeat lines name the trial its rank 0 runs, not always the group's first.
     beating = set(re.findall(r"^  \[\d/4\] (\S+): ", printed, re.M))
     assert len(beating) >= 2, printed
-    rows = pd.read_parquet(out / "shared-run")
-    assert rows["status"].eq("ok").all() and rows["worker_group"].eq("shared").all()
-    assert sorted(rows["run_order"]) == [0, 1, 2, 3]
-    # One group: only the first trial in the run order paid the start-up.
-    by_order = rows.sort_values("run_order")
-    assert by_order["startup_s"].iloc[0] > 1.0 > by_order["startup_s"].iloc[1:].max()
 
     # A partial result file, as a crashed copy leaves it: the summary skips it in one line; the study
-    # sets it aside and runs that trial again, alone in its worker group.
-    bad = out / "shared-run" / f"{by_order['trial_id'].iloc[1]}.parquet"
+    # sets it aside and runs that trial again, in one worker group with the trials not run.
+    bad = out / "shared-run" / f"{rows.sort_values('run_order')['trial_id'].iloc[0]}.parquet"
     bad.write_bytes(bad.read_bytes()[:100])
     code, _, err = run_cli("tinyfold_ray.summary", summary_main, [str(out / "shared-run")], capsys)
-    assert code == 0 and "Traceback" not in err
+    assert code == 0 and "Traceback" not in err, err
     assert f"skipping unreadable result file {bad}" in err
 
     code, printed, err = run_cli("tinyfold_ray.study", study_main, argv, capsys)
@@ -169,8 +179,16 @@ def test_a_shared_study_prints_a_line_per_trial_and_resumes_by_trial(tmp_path, c
     assert "Traceback" not in err
     (line,) = [line for line in err.splitlines() if line.startswith(f"tinyfold-ray: result file {bad} ")]
     assert "is unreadable" in line and "set aside" in line
-    assert "resuming: 3 finished trial(s) kept and skipped" in printed, printed
-    assert "[1/1] " + bad.stem in printed
+    assert f"resuming: {kept - 1} finished trial(s) kept and skipped" in printed, printed
+    left = 4 - kept + 1
+    finished = [line for line in printed.splitlines() if re.match(rf"\[\d/{left}\] ", line)]
+    assert len(finished) == left and finished[0].startswith(f"[1/{left}] {bad.stem} "), printed
+    assert re.search(r"  ok; about \d+ s left$", finished[0]), finished
+    assert finished[-1].endswith("  ok")  # nothing left after the last
     again = pd.read_parquet(out / "shared-run")
-    assert sorted(again.trial_id) == sorted(rows.trial_id) and again.status.eq("ok").all()
-    assert len(list((out / "shared-run" / "_corrupt").iterdir())) == 1
+    assert sorted(again.trial_id) == sorted(t.trial_id for t in expand(parse_study(study)))
+    assert again.status.eq("ok").all() and len(list((out / "shared-run" / "_corrupt").iterdir())) == 1
+    # One group: only the first trial in its run paid the start-up.
+    rerun = again[again.trial_id.isin([bad.stem, *(set(again.trial_id) - set(rows.trial_id))])]
+    by_start = rerun.sort_values("start_time")
+    assert by_start["startup_s"].iloc[0] > 1.0 > by_start["startup_s"].iloc[1:].max()

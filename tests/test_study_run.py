@@ -55,16 +55,6 @@ def study(argv: list[str], capture) -> tuple[int, str, str]:
     return run_cli("tinyfold_ray.study", study_main, argv, capture)
 
 
-def wait_for_a_finished_trial(study_dir: Path, alive=lambda: True, timeout_s: float = 240) -> Path | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and alive():
-        found = sorted(study_dir.glob("*.parquet"))
-        if found:
-            return found[0]
-        time.sleep(0.05)
-    return None
-
-
 def test_a_study_stopped_by_ctrl_c_resumes_keeping_every_finished_trial_once(
     tmp_path, monkeypatch, capsys, ray_cluster
 ):
@@ -74,7 +64,8 @@ def test_a_study_stopped_by_ctrl_c_resumes_keeping_every_finished_trial_once(
     path.write_text(path.read_text().replace("num_steps: 3", f"num_steps: {STEPS}"))
     study_dir = tmp_path / "results" / "e2e"
 
-    # The study as a process of its own, with its embedded Ray; Ctrl-C once its first trial is written.
+    # The study as a process of its own, with its embedded Ray; Ctrl-C once its second trial's workers
+    # run (its heartbeat is past "starting its workers"): the first trial's row is written by then.
     proc = subprocess.Popen(
         [sys.executable, "-m", "tinyfold_ray.study", "e2e.yaml", "--progress-every", "0.5"],
         cwd=tmp_path,
@@ -83,11 +74,22 @@ def test_a_study_stopped_by_ctrl_c_resumes_keeping_every_finished_trial_once(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    first = wait_for_a_finished_trial(study_dir, alive=lambda: proc.poll() is None)
-    proc.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C
-    said, _ = proc.communicate(timeout=120)
-    assert first is not None, said[-3000:]
+    lines, first = [], []
+    for line in proc.stdout:
+        lines.append(line)
+        if re.match(r"  \[2/2\] \S+: (?!starting)", line):
+            first = sorted(study_dir.glob("*.parquet"))
+            proc.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C
+            break
+    stopped = time.monotonic()
+    said = "".join(lines) + proc.communicate(timeout=120)[0]
+    stop_took = time.monotonic() - stopped
     assert proc.returncode == 130, said[-3000:]
+    assert len(first) == 1, said[-3000:]
+    first = first[0]
+    # The running trial's driver ends its fit at once: its watchdog ends its workers (no wait for Ray
+    # Tune's 10 s, then a kill).
+    assert stop_took < 10, said[-3000:]
     assert "run the same command again to resume" in said
     assert "Tuner.restore" not in said  # Tune's own advice would mislead
     # Each trial's row is on disk as the trial ends (seen above, before the signal): a study killed
@@ -158,6 +160,7 @@ def test_a_study_stopped_by_ctrl_c_resumes_keeping_every_finished_trial_once(
     assert sorted(pd.read_parquet(study_dir).trial_id) == sorted(
         trials.trial_id
     )  # summary not read as trials
+    print(f"Ctrl-C: the study process exited {stop_took:.1f} s after SIGINT")
 
 
 def test_the_train_cli_runs_one_ray_train_trial_into_a_relative_output_leaving_nothing_else(

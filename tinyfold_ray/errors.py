@@ -44,5 +44,10 @@ class TrialTimeoutError(TrialFailedError):
         return f"the trial ran past its time limit of {self.limit_s:.0f} s{where}"
 
 
+class StudyInterrupted(TinyFoldError):
+    """The study was stopped (Ctrl-C) while the trial ran: it ends at once without a row, so that the
+    study's next run runs it again."""
+
+
 class StorageError(TinyFoldError, OSError):
     """The results location cannot be written or read."""

@@ -7,14 +7,16 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tinyfold_ray.config import TrialSpec
-from tinyfold_ray.errors import StudySpecError
+from tinyfold_ray.errors import StudyInterrupted, StudySpecError
 from tinyfold_ray.ray_session import environ_defaults
 from tinyfold_ray.results.safe_write import chosen_fallback_root
 from tinyfold_ray.results.storage import absolute_location, is_uri, join
@@ -171,14 +173,17 @@ def _run_group(
     from tinyfold_ray.train.trial import run_trials
 
     group = config["group"]
-    outcomes = run_trials(
-        groups[group],
-        output,
-        git_commit=git_commit,
-        reserved_cpus=TRIAL_DRIVER_CPUS * concurrent,
-        progress=(channels or {}).get(group),
-        fallback_root=fallback_root,
-    )
+    try:
+        outcomes = run_trials(
+            groups[group],
+            output,
+            git_commit=git_commit,
+            reserved_cpus=TRIAL_DRIVER_CPUS * concurrent,
+            progress=(channels or {}).get(group),
+            fallback_root=fallback_root,
+        )
+    except StudyInterrupted:
+        return  # Ctrl-C: Tune is stopping and reads no more results; the trials left run on resume
     for outcome in outcomes:
         row = outcome.row
         if outcome.lost is not None:  # neither the output nor the local fallback could take the rows
@@ -279,6 +284,19 @@ def run_study(
         return f"; {about(left)} left" if waiting and left is not None else ""
 
     class Progress(tune.Callback):
+        def setup(self, **info):
+            # Tune installed its Ctrl-C handler before this: it stops its loop, then gives each running
+            # trial's driver 10 s before it kills the actor. Telling the drivers first (the board)
+            # ends their fits within about a second, without rows.
+            on_ctrl_c = signal.getsignal(signal.SIGINT)
+            if callable(on_ctrl_c) and threading.current_thread() is threading.main_thread():
+
+                def stop_trials_then(signum, frame):
+                    board.stop.remote()
+                    on_ctrl_c(signum, frame)
+
+                signal.signal(signal.SIGINT, stop_trials_then)
+
         def on_trial_start(self, iteration, trials, trial, **info):
             name = trial.config["group"]
             started[name] = beaten[name] = time.monotonic()
@@ -354,18 +372,49 @@ def run_study(
             name=f"{spec.name}-{int(time.time())}", storage_path=scratch, verbose=0, callbacks=[Progress()]
         ),
     )
+    # A shared group's trials report when the group ends: after a Ctrl-C, those that ended before it are
+    # found by their rows, which they wrote as they ended.
+    shared = any(len(group) > 1 for group in groups.values())
+    rows_before = _row_starts(output, spec.name) if shared else {}
+    on_ctrl_c = signal.getsignal(signal.SIGINT)
     try:
         with environ_defaults({**TUNE_ENV, **({} if verbose else LEGACY_TUNE_OUTPUT)}):
             tuner.fit()
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, on_ctrl_c)  # neither Tune's handler nor ours outlives the run
         shutil.rmtree(scratch, ignore_errors=True)
         close_board(board)
     if report.not_run and not report.interrupted:
         # Tune stops early on SIGINT without raising: trials that never reported did not run.
         report.interrupted = True
+    if report.interrupted and shared:
+        _count_unreported_rows(report, todo, output, spec.name, rows_before)
     return report
+
+
+def _row_starts(output: str, study: str) -> dict[str, Any]:
+    """trial_id -> the start time of its latest row in the output."""
+    return {tid: row.get("start_time") for tid, row in existing_trials(output, study).items()}
+
+
+def _count_unreported_rows(
+    report: StudyReport, todo: list[TrialSpec], output: str, study: str, before: dict[str, Any]
+) -> None:
+    """Count in `report` the trials of `todo` that wrote a row during the run (its start time is not the
+    one `before` the run) but never reported it: a shared group's trials that ended before a Ctrl-C."""
+    reported = set(report.ok) | set(report.failed)
+    rows = existing_trials(output, study)
+    for trial in todo:
+        row = rows.get(trial.trial_id)
+        if trial.trial_id in reported or row is None or row.get("start_time") == before.get(trial.trial_id):
+            continue
+        (report.ok if row["status"] == "ok" else report.failed).append(trial.trial_id)
+        report.trials_wall_s += row.get("wall_time_s") or 0.0
+        if row["status"] == "ok":
+            report.measured_s += row["wall_time_s"] - row["overhead_s"]
 
 
 def print_line(message: str) -> None:

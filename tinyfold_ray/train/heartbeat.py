@@ -196,6 +196,7 @@ class ProgressBoard:
         self._starting: dict[str, dict[str, dict[str, Any]]] = {}
         self._ranked: dict[str, set[str]] = {}
         self._records: dict[str, dict[int, list[dict[str, Any]]]] = {}  # run -> finished trial -> records
+        self._stopped = False  # the study was interrupted: every run's watchdog ends its fit
 
     def address(self) -> tuple[str, str]:
         """(name, namespace) under which `ray.get_actor` finds this board."""
@@ -221,9 +222,13 @@ class ProgressBoard:
             for process, s in self._starting.get(run, {}).items()
         }
 
-    def watch(self, run: str) -> tuple[dict[int, dict[str, Any]], dict[str, dict[str, Any]]]:
-        """`ranks` and `starting` of `run`, in one call."""
-        return self.ranks(run), self.starting(run)
+    def watch(self, run: str) -> tuple[dict[int, dict[str, Any]], dict[str, dict[str, Any]], bool]:
+        """`ranks` and `starting` of `run`, and whether the study was stopped (`stop`), in one call."""
+        return self.ranks(run), self.starting(run), self._stopped
+
+    def stop(self) -> None:
+        """The study was interrupted (Ctrl-C): every running trial's watchdog ends its fit."""
+        self._stopped = True
 
     def put(self, run: str, key: str, rank: int, note: dict[str, Any], actor: Any = None) -> None:
         now = time.monotonic()

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tinyfold_ray.config import TrialSpec
-from tinyfold_ray.errors import StorageError
+from tinyfold_ray.errors import StorageError, StudyInterrupted
 from tinyfold_ray.flops import utilization
 from tinyfold_ray.ray_session import environ_defaults
 from tinyfold_ray.results.safe_write import store_trial
@@ -38,7 +38,7 @@ from tinyfold_ray.train.heartbeat import ProgressChannel, process_board
 from tinyfold_ray.train.phases import TIMED_KEYS
 from tinyfold_ray.train.resources import alive_nodes, check_placement
 from tinyfold_ray.train.timing import loss_ends, step_stats
-from tinyfold_ray.train.watchdog import Watchdog
+from tinyfold_ray.train.watchdog import INTERRUPTED, Watchdog
 
 # Read by the Train controller, which Ray Train gives these variables from the environment of the
 # process that calls fit(); the trial's trainer sets them for its fit only, unless the user set them.
@@ -132,7 +132,9 @@ def run_trials(
     The first trial's wall time includes the group's start-up; each later one runs from the end of the
     one before it, and the last one's includes the group's teardown, so the group's wall time is the sum
     of its trials'. When a trial fails the group ends: the trials before it keep their rows, and those
-    after it get failed rows saying they did not run.
+    after it get failed rows saying they did not run. When the study is stopped (its board's `stop`,
+    on Ctrl-C), the fit ends at once and this raises StudyInterrupted: the running trial and those after
+    it get no row, so that the study's next run runs them; those before it keep theirs.
     """
     t0 = time.time()
     use_gpu, error = check_placement(specs[0], alive_nodes(), reserved_cpus)
@@ -185,6 +187,8 @@ def run_trials(
                 # A shared group's trial that ended while the group goes on: it ended when gathered.
                 on_ended=lambda records: finish(records, None, records[0]["gathered_at"]),
             )
+        except StudyInterrupted:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure of a trial is recorded, never raised
             error = failure_reason(e)
     t_end = time.time()
@@ -279,6 +283,9 @@ def _fit(
         if finished is None and len(specs) > 1:
             deliver()  # what rank 0 put on the board since the last poll
             finished = delivered
+        if error is not None and watchdog.verdict == INTERRUPTED:
+            # The trials that ended before keep their rows (on_ended wrote them); this one gets none.
+            raise StudyInterrupted(f"trial {specs[len(finished or [])].trial_id} was running")
     return [_by_rank(records, node_gpus()) for records in finished or []], error
 
 

@@ -11,7 +11,9 @@ every POLL_S. It gives a verdict when
   notes, train/startup.py);
 - the deadline passed DEADLINE_GRACE_S ago and the ranks, which check the deadline themselves between
   steps and phases, did not end the trial (one is stuck inside a step or a collective); or the deadline
-  passed before any rank began its train function (the worker group never finished starting).
+  passed before any rank began its train function (the worker group never finished starting);
+- the study was interrupted (Ctrl-C: the study's board says so): the verdict INTERRUPTED, and the
+  trial ends without a row (train/trial.py), to run again when the study resumes.
 
 On a verdict it kills every worker actor that sent its handle (`ray.kill`), with its rank's notes or
 its start-up notes: Ray Train waits on a worker group's start without a timeout. Ray Train's controller then
@@ -41,6 +43,7 @@ LATE_S = 5.0
 # reason names what each rank was doing.
 DEADLINE_GRACE_S = 10.0
 UNKNOWN_HOST = "an unknown host"
+INTERRUPTED = "interrupted: the study was stopped"
 
 
 def stall_limit_s(step_s: float | None, slack_s: float = STALL_SLACK_S) -> float:
@@ -120,7 +123,8 @@ def timeout_reason(
 class Watchdog:
     """Watches one fit: use as a context manager around `trainer.fit()`.
 
-    `verdict`: why it ended the trial (None: it did not). `notes()`: every rank's last note, read anew.
+    `verdict`: why it ended the trial (None: it did not; INTERRUPTED: the study was stopped).
+    `notes()`: every rank's last note, read anew.
     """
 
     def __init__(
@@ -152,8 +156,11 @@ class Watchdog:
         read = self._read(timeout_s)
         return read[0] if read is not None else {}
 
-    def _read(self, timeout_s: float) -> tuple[dict[int, dict[str, Any]], dict[str, dict[str, Any]]] | None:
-        """(rank -> its last note, starting process -> its last start-up note), or None."""
+    def _read(
+        self, timeout_s: float
+    ) -> tuple[dict[int, dict[str, Any]], dict[str, dict[str, Any]], bool] | None:
+        """(rank -> its last note, starting process -> its last start-up note, whether the study was
+        stopped), or None."""
         import ray
 
         try:
@@ -167,9 +174,9 @@ class Watchdog:
             read = self._read(timeout_s=5.0)
             if read is None:
                 continue  # never judge on notes the board could not give
-            ranks, starting = read
+            ranks, starting, stopped = read
             if self.verdict is None:
-                self.verdict = hang_reason(ranks, starting, self.stall_slack_s)
+                self.verdict = INTERRUPTED if stopped else hang_reason(ranks, starting, self.stall_slack_s)
             # Ranks raise at the deadline themselves; before any rank runs its train function (the
             # worker group still starting) none can, so there is nothing to wait for.
             grace = DEADLINE_GRACE_S if ranks else 0.0
