@@ -72,8 +72,9 @@ def _process_state_restored():
     """Every test leaves the process environment and its Ctrl-C handler as it found them: no variable
     set by one test (or by the code it runs) reaches a later test or the subprocesses it starts, and a
     study run in-process leaves no Ray Tune SIGINT handler behind (Tune installs one per run and keeps
-    it; run_study puts the caller's back). Ray's process-wide settings (ray_session.RAY_PROCESS_ENV) stay, as connect() keeps them: the
-    first cluster this process started set them for every later one."""
+    it; run_study puts the caller's back). Ray's process-wide settings (ray_session.RAY_PROCESS_ENV)
+    stay, as connect() keeps them: the first cluster this process started set them for every later one.
+    """
     on_sigint = signal.getsignal(signal.SIGINT)
     with environ_kept(keep=RAY_PROCESS_ENV):
         yield

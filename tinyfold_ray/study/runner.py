@@ -56,6 +56,15 @@ class StudyReport:
     measured_s: float = 0.0
     """Their measured steps' time (wall_time_s - overhead_s of each row)."""
 
+    def count(self, trial_id: str, status: str, wall_time_s: float | None, overhead_s: float | None) -> None:
+        """Count a trial that ended in this run: ok, else failed (a lost trial has no wall time)."""
+        self.trials_wall_s += wall_time_s or 0.0
+        if status == "ok":
+            self.ok.append(trial_id)
+            self.measured_s += wall_time_s - overhead_s
+        else:
+            self.failed.append(trial_id)
+
     @property
     def not_run(self) -> int:
         return self.planned - self.skipped - len(self.ok) - len(self.failed)
@@ -254,6 +263,8 @@ def run_study(
     # One board per driver run: every group's ranks send their heartbeats there, for its watchdog and
     # these heartbeat lines.
     board = open_board()
+    # Signal handlers belong to the main thread (Tune installs its Ctrl-C handler only there).
+    in_main_thread = threading.current_thread() is threading.main_thread()
     channels = {name: ProgressChannel(board, name) for name in groups}
     time_left = TimeLeft(concurrent)
     started: dict[str, float] = {}  # running group -> when its current trial started (time.monotonic())
@@ -288,12 +299,12 @@ def run_study(
             # Tune installed its Ctrl-C handler before this: it stops its loop, then gives each running
             # trial's driver 10 s before it kills the actor. Telling the drivers first (the board)
             # ends their fits within about a second, without rows.
-            on_ctrl_c = signal.getsignal(signal.SIGINT)
-            if callable(on_ctrl_c) and threading.current_thread() is threading.main_thread():
+            tunes_handler = signal.getsignal(signal.SIGINT)
+            if callable(tunes_handler) and in_main_thread:
 
                 def stop_trials_then(signum, frame):
                     board.stop.remote()
-                    on_ctrl_c(signum, frame)
+                    tunes_handler(signum, frame)
 
                 signal.signal(signal.SIGINT, stop_trials_then)
 
@@ -313,11 +324,8 @@ def run_study(
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             tid = result["trial"]  # Tune sets a "trial_id" of its own
-            # A lost trial reports no wall time; a failed one its wall time and no measured steps.
             wall_s = result.get("wall_time_s")
-            report.trials_wall_s += wall_s or 0.0
-            if result["status"] == "ok":
-                report.measured_s += result["wall_time_s"] - result["overhead_s"]
+            report.count(tid, result["status"], wall_s, result.get("overhead_s"))
             n = f"[{order[tid]}/{len(todo)}]"
             if result.get("fallback"):
                 report.fallbacks.append(result["fallback"])
@@ -325,7 +333,6 @@ def run_study(
                     f"{n} {tid:<28} output not writable: rows kept in the fallback file {result['fallback']}"
                 )
             if result["status"] == "ok":
-                report.ok.append(tid)
                 progress(
                     f"{n} {tid:<28} {describe(specs[tid])}: {result['throughput_samples_per_sec']:8.2f} samples/s "
                     f"(step {result['step_time_median_s'] * 1e3:.1f} ms, {result['num_nodes']} node(s), "
@@ -333,7 +340,6 @@ def run_study(
                     + ended(tid, wall_s)
                 )
             else:
-                report.failed.append(tid)
                 progress(
                     f"{n} {tid:<28} {describe(specs[tid])}: FAILED: {result['error']}{ended(tid, wall_s)}"
                 )
@@ -376,15 +382,15 @@ def run_study(
     # found by their rows, which they wrote as they ended.
     shared = any(len(group) > 1 for group in groups.values())
     rows_before = _row_starts(output, spec.name) if shared else {}
-    on_ctrl_c = signal.getsignal(signal.SIGINT)
+    callers_handler = signal.getsignal(signal.SIGINT)
     try:
         with environ_defaults({**TUNE_ENV, **({} if verbose else LEGACY_TUNE_OUTPUT)}):
             tuner.fit()
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, on_ctrl_c)  # neither Tune's handler nor ours outlives the run
+        if in_main_thread:
+            signal.signal(signal.SIGINT, callers_handler)  # neither Tune's handler nor ours outlives the run
         shutil.rmtree(scratch, ignore_errors=True)
         close_board(board)
     if report.not_run and not report.interrupted:
@@ -411,10 +417,7 @@ def _count_unreported_rows(
         row = rows.get(trial.trial_id)
         if trial.trial_id in reported or row is None or row.get("start_time") == before.get(trial.trial_id):
             continue
-        (report.ok if row["status"] == "ok" else report.failed).append(trial.trial_id)
-        report.trials_wall_s += row.get("wall_time_s") or 0.0
-        if row["status"] == "ok":
-            report.measured_s += row["wall_time_s"] - row["overhead_s"]
+        report.count(trial.trial_id, row["status"], row.get("wall_time_s"), row.get("overhead_s"))
 
 
 def print_line(message: str) -> None:

@@ -285,7 +285,7 @@ def _fit(
             finished = delivered
         if error is not None and watchdog.verdict == INTERRUPTED:
             # The trials that ended before keep their rows (on_ended wrote them); this one gets none.
-            raise StudyInterrupted(f"trial {specs[len(finished or [])].trial_id} was running")
+            raise StudyInterrupted(INTERRUPTED)
     return [_by_rank(records, node_gpus()) for records in finished or []], error
 
 
