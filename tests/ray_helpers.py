@@ -29,6 +29,8 @@ TINY_STUDY_MODEL = {
 # The shared cluster's size: a 2-core machine's embedded cluster (2 cores + the spare for trial
 # drivers), on any machine, so that what fits and what is refused does not depend on the machine.
 SHARED_CPUS = 3
+# This process's environment (less RAY_PROCESS_ENV) before and after each start of the shared Ray.
+SHARED_RAY_STARTS: list[tuple[dict[str, str], dict[str, str]]] = []
 
 
 def start_shared_ray() -> None:
@@ -42,7 +44,9 @@ def start_shared_ray() -> None:
     from tinyfold_ray.ray_session import connect
 
     if not ray.is_initialized():
+        before = environ_but_ray_process_env()
         connect(num_cpus=SHARED_CPUS)
+        SHARED_RAY_STARTS.append((before, environ_but_ray_process_env()))
 
 
 def stop_shared_ray() -> None:

@@ -1,7 +1,7 @@
-"""Faults injected into real CPU trials (embedded Ray, smallest model): a killed worker, a worker frozen
-while it starts, and ranks past their time limit (a stopped, hung worker: test_faults_study.py). Each
-ends as a failed row with a reason that names the rank, host and phase, within a bound, and its workers
-are released."""
+"""Faults injected into real CPU trials (embedded Ray, smallest model): a killed worker, ranks past their
+time limit, and a worker frozen while it starts (a stopped, hung worker: test_faults_study.py). Each ends
+as a failed row with a reason that names the rank, host and phase, within a bound, and its workers are
+released."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -21,13 +22,18 @@ import ray.train
 from tests.ray_helpers import SMALL_MODEL, Injector, embedded_ray, process_gone
 from tinyfold_ray.config import TrainConfig, TrialSpec
 from tinyfold_ray.train import watchdog
-from tinyfold_ray.train.heartbeat import Heartbeat
-from tinyfold_ray.train.trial import run_trial
+from tinyfold_ray.train.heartbeat import Heartbeat, process_board
+from tinyfold_ray.train.trial import TRAIN_ENV, TrialOutcome, run_trial
 
 NUM_CPUS = 3
 HOST = socket.gethostname()
 # Far more steps than a test waits for: the trial only ends through the injected fault.
 ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=2)
+# Past a 2-worker start-up on a loaded 2-core machine (over 15 s in one CI run).
+LIMIT_S = 25
+# The trial ids of the time-limit cases: whether some rank can still check the deadline.
+ONE_RANK_CHECKS, NO_RANK_CHECKS = "limit-one-checks", "limit-none-checks"
+KILLED = "kill"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -83,29 +89,6 @@ def _trial(trial_id: str, **fields) -> TrialSpec:
     return TrialSpec(study="faults", trial_id=trial_id, num_workers=2, model=SMALL_MODEL, **fields)
 
 
-def test_a_killed_worker_is_a_failed_row_naming_rank_host_and_cause(tmp_path):
-    injector = Injector("kill", rank=1, sig=signal.SIGKILL)
-    injector.start()
-    outcome = run_trial(_trial("kill", train=ENDLESS), str(tmp_path))
-    injector.done.set()
-    assert injector.at is not None, outcome.row["error"]
-    took = time.monotonic() - injector.at
-    print(f"killed worker: row {took:.1f} s after the kill")
-    assert took < 10  # the row follows the kill within seconds
-    error = outcome.row["error"]
-    # The dead worker's reason comes first; a peer's broken connection, if reported, after it.
-    assert error.startswith(
-        f"worker process died (killed, crashed or OOM-killed: Ray keeps no exit status) (rank 1 on {HOST})"
-    ), error
-    row = pd.read_parquet(tmp_path / "faults").iloc[0]
-    assert (row.trial_id, row.status, row.error) == ("kill", "failed", error)
-    assert _cpus_back()
-
-
-# The trial ids of the two cases below: whether some rank can still check the deadline.
-ONE_RANK_CHECKS, NO_RANK_CHECKS = "limit-one-checks", "limit-none-checks"
-
-
 def stuck_in_phases(config):
     """Rank 0 sits in the profile phase without a step (a collective that never returns). Rank 1 works
     through the time breakdown, checking the deadline between its steps as train_worker does; in the
@@ -122,6 +105,87 @@ def stuck_in_phases(config):
             beat.step(done)
 
 
+@dataclass
+class Ended:
+    outcome: TrialOutcome
+    output: Path
+    took_s: float
+    """From the trial's start to its row."""
+    ended_at: float
+    """When its row was there (time.monotonic())."""
+    injector: Injector | None = None
+
+
+def _ranks_running(trial_id: str, num_workers: int = 2) -> None:
+    """Wait until every rank of `trial_id` runs its train function (its heartbeat is on the board)."""
+    deadline = time.monotonic() + 120
+    while len(ray.get(process_board().trial.remote(trial_id))) < num_workers:
+        assert time.monotonic() < deadline, f"trial {trial_id}: its ranks never started"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def ended(tmp_path_factory) -> dict[str, Ended]:
+    """The time-limit trials and the killed worker's, run side by side: each starts once the one before
+    it has its ranks in their train function. A start-up is what loads this 2-core machine; then each
+    trial waits idle (for its limit, or for the kill), so the three take about as long as the last
+    (about 40 s) instead of their sum (about 75 s). Half a logical CPU per worker, so that they fit the
+    shared Ray's 3 at once (a worker still runs one thread).
+
+    A fit sets Ray Train's controller settings in this process's environment while it runs, unless the
+    user set them (trial._trial_trainer), which assumes one fit at a time: here they are set as a user
+    would, for all three."""
+    killer = Injector(KILLED, rank=1, sig=signal.SIGKILL)
+    trials = [
+        (_trial(NO_RANK_CHECKS, train=ENDLESS, trial_timeout_s=LIMIT_S, cpus_per_worker=0.5), None),
+        (_trial(ONE_RANK_CHECKS, train=ENDLESS, trial_timeout_s=LIMIT_S, cpus_per_worker=0.5), None),
+        (_trial(KILLED, train=ENDLESS, cpus_per_worker=0.5), killer),
+    ]
+    results: dict[str, Ended] = {}
+
+    def run(spec: TrialSpec, injector: Injector | None) -> None:
+        output = tmp_path_factory.mktemp(spec.trial_id)
+        train_fn = None if injector is not None else stuck_in_phases
+        start = time.monotonic()
+        outcome = run_trial(spec, str(output), train_fn=train_fn)
+        now = time.monotonic()
+        results[spec.trial_id] = Ended(outcome, output, now - start, now, injector)
+
+    controller_env = {**TRAIN_ENV, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(LIMIT_S)}
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in controller_env.items():
+            env.setenv(name, value)
+        threads = []
+        for spec, injector in trials:
+            if threads:
+                _ranks_running(threads[-1].name)
+            if injector is not None:
+                injector.start()
+            threads.append(threading.Thread(target=run, args=(spec, injector), name=spec.trial_id))
+            threads[-1].start()
+        for thread in threads:
+            thread.join(LIMIT_S + watchdog.DEADLINE_GRACE_S + 120)
+    killer.done.set()
+    assert set(results) == {spec.trial_id for spec, _ in trials}, "a trial did not end"
+    return results
+
+
+def test_a_killed_worker_is_a_failed_row_naming_rank_host_and_cause(ended):
+    trial = ended[KILLED]
+    assert trial.injector.at is not None, trial.outcome.row["error"]
+    took = trial.ended_at - trial.injector.at
+    print(f"killed worker: row {took:.1f} s after the kill")
+    assert took < 10  # the row follows the kill within seconds
+    error = trial.outcome.row["error"]
+    # The dead worker's reason comes first; a peer's broken connection, if reported, after it.
+    assert error.startswith(
+        f"worker process died (killed, crashed or OOM-killed: Ray keeps no exit status) (rank 1 on {HOST})"
+    ), error
+    row = pd.read_parquet(trial.output / "faults").iloc[0]
+    assert (row.trial_id, row.status, row.error) == (KILLED, "failed", error)
+    assert _cpus_back()
+
+
 @pytest.mark.parametrize(
     "trial_id, reason",
     [
@@ -133,21 +197,13 @@ def stuck_in_phases(config):
         (NO_RANK_CHECKS, "timed out after {limit} s in profile (rank 0 on {host})"),
     ],
 )
-def test_a_trial_past_its_limit_names_the_phase_and_rank_that_ran_out(
-    tmp_path, monkeypatch, trial_id, reason
-):
-    if trial_id == NO_RANK_CHECKS:  # the watchdog ends it: a shorter grace than the default 10 s
-        monkeypatch.setattr(watchdog, "DEADLINE_GRACE_S", 3.0)
-    limit = 25  # past a 2-worker start-up on a loaded 2-core machine (over 15 s in one CI run)
-    spec = _trial(trial_id, train=ENDLESS, trial_timeout_s=limit)
-    start = time.monotonic()
-    outcome = run_trial(spec, str(tmp_path), train_fn=stuck_in_phases)
-    took = time.monotonic() - start
-    print(f"past the limit ({trial_id}): row after {took:.1f} s: {outcome.row['error']}")
-    assert outcome.row["error"] == reason.format(limit=limit, host=HOST)
-    assert limit <= took < limit + watchdog.DEADLINE_GRACE_S + 20
-    row = pd.read_parquet(tmp_path / "faults").iloc[0]
-    assert (row.status, row.error) == ("failed", outcome.row["error"])
+def test_a_trial_past_its_limit_names_the_phase_and_rank_that_ran_out(ended, trial_id, reason):
+    trial = ended[trial_id]
+    print(f"past the limit ({trial_id}): row after {trial.took_s:.1f} s: {trial.outcome.row['error']}")
+    assert trial.outcome.row["error"] == reason.format(limit=LIMIT_S, host=HOST)
+    assert LIMIT_S <= trial.took_s < LIMIT_S + watchdog.DEADLINE_GRACE_S + 20
+    row = pd.read_parquet(trial.output / "faults").iloc[0]
+    assert (row.status, row.error) == ("failed", trial.outcome.row["error"])
     assert pd.isna(row.throughput_samples_per_sec)  # no figure from a trial that did not finish
     assert _cpus_back()
 
@@ -159,20 +215,20 @@ def test_a_worker_frozen_while_the_worker_group_starts_is_ended_at_the_limit(tmp
     spec = _trial("frozen-start", train=ENDLESS, trial_timeout_s=limit)
     freezer = StartupFreezer()
     freezer.start()
-    ended: dict = {}
+    result: dict = {}
     runner = threading.Thread(
-        target=lambda: ended.update(outcome=run_trial(spec, str(tmp_path))), daemon=True
+        target=lambda: result.update(outcome=run_trial(spec, str(tmp_path))), daemon=True
     )
     start = time.monotonic()
     runner.start()
     runner.join(limit + watchdog.DEADLINE_GRACE_S + 20)
     took = time.monotonic() - start
-    if "outcome" not in ended:
+    if "outcome" not in result:
         if freezer.pid is not None:
             os.kill(freezer.pid, signal.SIGKILL)  # so that the trial ends before the next test
         runner.join(60)
         pytest.fail(f"a worker frozen in start-up: still running {took:.0f} s after the trial started")
-    error = ended["outcome"].row["error"]
+    error = result["outcome"].row["error"]
     print(f"frozen in start-up: row after {took:.1f} s: {error}")
     assert error == f"timed out after {limit} s in start-up (a worker on {HOST}, pid {freezer.pid})"
     assert took < limit + 5  # no rank runs yet that could end itself: no grace to wait for

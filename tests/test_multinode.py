@@ -15,9 +15,15 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from tests.ray_helpers import SHORT_TRAINING, SMALL_MODEL, environ_but_ray_process_env
+from tests.ray_helpers import (
+    SHARED_RAY_STARTS,
+    SHORT_TRAINING,
+    SMALL_MODEL,
+    start_shared_ray,
+    stop_shared_ray,
+)
 from tinyfold_ray.config import TrainConfig, TrialSpec
-from tinyfold_ray.ray_session import connect, embedded_runtime_env
+from tinyfold_ray.ray_session import embedded_runtime_env
 from tinyfold_ray.train.heartbeat import open_board, process_board
 from tinyfold_ray.train.trial import run_trial, run_trials
 
@@ -26,12 +32,12 @@ ENDLESS = TrainConfig(batch_size=2, num_steps=1_000_000, warmup_steps=2)
 
 @pytest.fixture(scope="module")
 def own_cluster():
-    before = environ_but_ray_process_env()
-    connect(num_cpus=1)
-    after = environ_but_ray_process_env()
-    ray.shutdown()
+    # In a whole test run the shared embedded Ray ran before this module; alone, it runs here first.
+    if not SHARED_RAY_STARTS:
+        start_shared_ray()
+    stop_shared_ray()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "resources": {"MOCK_GPU": 2}})
-    cluster.environ_around_connect = before, after
+    cluster.environ_around_connect = SHARED_RAY_STARTS[-1]
     # The node the last test removes.
     cluster.doomed = cluster.add_node(num_cpus=2, resources={"MOCK_GPU": 2})
     # As the embedded cluster of a study is set up (ray_session.connect).
