@@ -11,8 +11,10 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -23,7 +25,7 @@ from tests.ray_helpers import SMALL_MODEL, Injector, embedded_ray, process_gone
 from tinyfold_ray.config import TrainConfig, TrialSpec
 from tinyfold_ray.train import watchdog
 from tinyfold_ray.train.heartbeat import Heartbeat, process_board
-from tinyfold_ray.train.trial import TRAIN_ENV, TrialOutcome, run_trial
+from tinyfold_ray.train.trial import TrialOutcome, controller_env, run_trial
 
 NUM_CPUS = 3
 HOST = socket.gethostname()
@@ -136,37 +138,40 @@ def ended(tmp_path_factory) -> dict[str, Ended]:
     user set them (trial._trial_trainer), which assumes one fit at a time: here they are set as a user
     would, for all three."""
     killer = Injector(KILLED, rank=1, sig=signal.SIGKILL)
+
+    def endless(trial_id: str, **fields) -> TrialSpec:
+        return _trial(trial_id, train=ENDLESS, cpus_per_worker=0.5, **fields)
+
+    # (the trial, its train function (None: train_worker), what injects its fault)
     trials = [
-        (_trial(NO_RANK_CHECKS, train=ENDLESS, trial_timeout_s=LIMIT_S, cpus_per_worker=0.5), None),
-        (_trial(ONE_RANK_CHECKS, train=ENDLESS, trial_timeout_s=LIMIT_S, cpus_per_worker=0.5), None),
-        (_trial(KILLED, train=ENDLESS, cpus_per_worker=0.5), killer),
+        (endless(NO_RANK_CHECKS, trial_timeout_s=LIMIT_S), stuck_in_phases, None),
+        (endless(ONE_RANK_CHECKS, trial_timeout_s=LIMIT_S), stuck_in_phases, None),
+        (endless(KILLED), None, killer),
     ]
     results: dict[str, Ended] = {}
 
-    def run(spec: TrialSpec, injector: Injector | None) -> None:
+    def run(spec: TrialSpec, train_fn: Callable[[dict], Any] | None, injector: Injector | None) -> None:
         output = tmp_path_factory.mktemp(spec.trial_id)
-        train_fn = None if injector is not None else stuck_in_phases
         start = time.monotonic()
         outcome = run_trial(spec, str(output), train_fn=train_fn)
         now = time.monotonic()
         results[spec.trial_id] = Ended(outcome, output, now - start, now, injector)
 
-    controller_env = {**TRAIN_ENV, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(LIMIT_S)}
     with pytest.MonkeyPatch.context() as env:
-        for name, value in controller_env.items():
+        for name, value in controller_env(LIMIT_S).items():
             env.setenv(name, value)
         threads = []
-        for spec, injector in trials:
+        for spec, train_fn, injector in trials:
             if threads:
                 _ranks_running(threads[-1].name)
             if injector is not None:
                 injector.start()
-            threads.append(threading.Thread(target=run, args=(spec, injector), name=spec.trial_id))
+            threads.append(threading.Thread(target=run, args=(spec, train_fn, injector), name=spec.trial_id))
             threads[-1].start()
         for thread in threads:
             thread.join(LIMIT_S + watchdog.DEADLINE_GRACE_S + 120)
     killer.done.set()
-    assert set(results) == {spec.trial_id for spec, _ in trials}, "a trial did not end"
+    assert set(results) == {spec.trial_id for spec, *_ in trials}, "a trial did not end"
     return results
 
 

@@ -25,7 +25,7 @@ from tinyfold_ray.results import load_results, summarize
 from tinyfold_ray.results.scaling_model import add_predictions
 from tinyfold_ray.results.schema import PHASE_COLUMNS, STEP_COLUMNS, TRIAL_COLUMNS
 from tinyfold_ray.train import faults
-from tinyfold_ray.train.trial import TRAIN_ENV, TrialOutcome, run_trial
+from tinyfold_ray.train.trial import START_TIMEOUT_ENV, TRAIN_ENV, TrialOutcome, run_trial
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # the session's shared embedded Ray
 
@@ -36,10 +36,9 @@ DELAY_S = 0.15
 STRAGGLER_TRAINING = TrainConfig(batch_size=2, num_steps=6, warmup_steps=DDP_WARMUP_STEPS, num_threads=1)
 
 
-START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 # Read by every rank of the two-rank fit below: the driver's collective variables, the study's env, and
 # what Train's controller runs with (the ranks inherit the controller's environment).
-CONTROLLER_SETTINGS = (*TRAIN_ENV, START_TIMEOUT, *EMBEDDED_TRAIN_ENV)
+CONTROLLER_SETTINGS = (*TRAIN_ENV, START_TIMEOUT_ENV, *EMBEDDED_TRAIN_ENV)
 ENV_PROBE = ("NCCL_SOCKET_IFNAME", "TF_STUDY_ONLY", "CUDA_VISIBLE_DEVICES", *CONTROLLER_SETTINGS)
 USERS_INTERVAL = "0.7"  # the user's own RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (the default is TRAIN_ENV's)
 # The DDP probe's own training: a learning rate large enough that one step moves the parameters.
@@ -284,7 +283,7 @@ def test_a_trial_leaves_this_process_as_it_was_and_its_ranks_get_trains_settings
         seen = rank["env"]
         assert seen["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == USERS_INTERVAL
         assert seen["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == TRAIN_ENV["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"]
-        assert float(seen[START_TIMEOUT]) == min(41.0, faults.time_limit_s(TWO_RANKS, False))
+        assert float(seen[START_TIMEOUT_ENV]) == min(41.0, faults.time_limit_s(TWO_RANKS, False))
         shutdown = "TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"
         assert seen[shutdown] == EMBEDDED_TRAIN_ENV[shutdown]  # the embedded cluster's, for every fit
     assert not list(Path(tempfile.gettempdir()).glob("tinyfold-unit-w2-*"))  # Train's storage, removed

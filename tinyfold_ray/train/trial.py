@@ -52,6 +52,8 @@ TRAIN_ENV = {
     # The preemption watcher (one more actor process per trial) serves retries, and trials never retry.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
+# The worker group's start timeout, which Ray Train's controller reads the same way (a trial's own).
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 # Ray Train runs the train function in a thread of the worker actor. glibc gives each thread its own
 # malloc arena, whose large blocks go back to the OS and fault in again every step: a CPU step of the
 # default model took 5.91 s in a thread against 5.49 s on a main thread; with one arena 5.11 s against
@@ -353,7 +355,7 @@ def make_trainer(
     limit = sum(faults.time_limit_s(s, use_gpu) for s in [spec, *(s for s, _ in more)])
     # The worker group's start and the process group's collectives (TorchConfig.timeout_s, 1,800 s by
     # default) wait no longer than the trial may run.
-    start_timeout = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(min(spec.start_timeout_s, limit))}
+    start_timeout_s = min(spec.start_timeout_s, limit)
 
     requested = requested_device(spec, use_gpu)
     comm = spec.comm_backend or ("nccl" if use_gpu else "gloo")
@@ -389,8 +391,13 @@ def make_trainer(
                 }
             },
         ),
-        controller_env={**TRAIN_ENV, **start_timeout},
+        controller_env=controller_env(start_timeout_s),
     )
+
+
+def controller_env(start_timeout_s: float) -> dict[str, str]:
+    """The settings of a trial's Train controller: TRAIN_ENV and the worker group's start timeout."""
+    return {**TRAIN_ENV, START_TIMEOUT_ENV: str(start_timeout_s)}
 
 
 @functools.cache
